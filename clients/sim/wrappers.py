@@ -1,0 +1,514 @@
+"""Trainer integration: put the layered safety filter between any multi-agent policy and its environment.
+
+The wrappers need to know two things about the wrapped environment, supplied by a small user-written adapter
+(:class:`StateAdapter`):
+
+- ``agent_states(env) -> (ids, states)``: the agents currently in the airspace (ids: agent names or indices) and
+  their world states (n, k) in the model's ``agent_state_names`` order (every agent in the airspace, also those
+  the policy does not control, because they are obstacles);
+- ``actions_to_controls(env, ids, actions) -> (n, m)`` and ``controls_to_actions(env, ids, controls, actions)``:
+  the policy's action format <-> physical controls (the second returns ``actions`` with the entries of ``ids``
+  replaced).
+
+Hook points (in order, every step): ``SafetyLayer.before_step`` (curriculum: filter on/off and the current
+safety distance d and R_c(d)), the filter (``filter.filter(states, controls)``), the wrapped env's ``step``,
+``SafetyLayer.after_step`` (potential-conflict penalty added to rewards when ``penalty_weight > 0``, metrics into
+``info["safety"]``).
+
+Wrappers: :class:`SafeParallelEnv` (PettingZoo ParallelEnv), :class:`SafeJointEnv` (a Gymnasium env whose action
+is the joint (N, m) action), :class:`SafeVectorEnv` (a Gymnasium VectorEnv of such joint envs; one filter call per
+sub-env). Built-in environments over :mod:`clients.sim.simulator` to test them: :class:`NavigationParallelEnv`,
+:class:`NavigationEnv` and :func:`make_navigation_vector_env`, with :class:`NavigationAdapter`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import gymnasium as gym
+import numpy as np
+from pettingzoo import ParallelEnv
+
+from .baselines import world_velocity
+from .scenarios import SCENARIO_MODEL, make_scenario
+from .simulator import Simulator, nearest_and_count
+
+
+# ------------------------------------------------------------------------------------------------ the protocol
+class StateAdapter(Protocol):
+    model: Any
+
+    def agent_states(self, env) -> tuple[Sequence, np.ndarray]: ...
+
+    def actions_to_controls(self, env, ids: Sequence, actions) -> np.ndarray: ...
+
+    def controls_to_actions(self, env, ids: Sequence, controls: np.ndarray, actions): ...
+
+
+# ------------------------------------------------------------------------------------------------ the safety layer
+@dataclass
+class SafetyLayer:
+    """Filter + curriculum + potential-conflict penalty + metrics, independent of the env API.
+
+    ``filter``: object with ``.filter(states, controls) -> (safe, info)`` (e.g. ``clients.LayeredSafetyFilter``
+    or a baseline). ``curriculum``: callable ``step -> (filter_on: bool, safety_distance: float)`` or None
+    (always on at the filter's distance); when d changes, ``filter_factory(d)`` rebuilds the filter (and
+    ``conflict_range_fn(d)`` gives R_c(d)). ``penalty_weight`` w > 0 adds the potential-conflict penalty.
+    """
+
+    model: Any
+    filter: Any = None
+    safety_distance: float | None = None
+    conflict_range: float | None = None
+    penalty_weight: float = 0.0
+    curriculum: Callable[[int], tuple[bool, float]] | None = None
+    filter_factory: Callable[[float], Any] | None = None
+    conflict_range_fn: Callable[[float], float] | None = None
+    steps: int = 0
+    filter_on: bool = True
+
+    def __post_init__(self):
+        if self.safety_distance is None:
+            self.safety_distance = float(getattr(self.filter, "safety_distance", None) or self.model.safety_distance)
+        if self.conflict_range is None:
+            self.conflict_range = (self.conflict_range_fn(self.safety_distance) if self.conflict_range_fn
+                                   else 2.0 * self.safety_distance)
+        self._last_d = self.safety_distance
+
+    def before_step(self) -> None:
+        """Hook 1: advance the curriculum (filter on/off, d and R_c)."""
+        if self.curriculum is None:
+            return
+        on, d = self.curriculum(self.steps)
+        self.filter_on = bool(on)
+        d = float(d)
+        if d != self._last_d:
+            self.safety_distance = d
+            if self.filter_factory is not None:
+                self.filter = self.filter_factory(d)
+            if self.conflict_range_fn is not None:
+                self.conflict_range = float(self.conflict_range_fn(d))
+            self._last_d = d
+
+    def apply(self, states: np.ndarray, controls: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Hook 2: the filter. Returns safe controls and per-agent diagnostics."""
+        controls = np.asarray(controls, float)
+        n = controls.shape[0]
+        if not self.filter_on or self.filter is None or n == 0:
+            return controls, {"intervened": np.zeros(n, bool)}
+        safe, info = self.filter.filter(np.asarray(states, float), controls)
+        safe = np.asarray(safe, float)
+        lo, hi = self.model.agent_control_bounds(np.asarray(states, float))
+        span = np.maximum(hi - lo, 1e-12)
+        diag = {"intervened": np.any(np.abs(safe - controls) > 1e-6 * span, axis=1)}
+        if isinstance(info, dict):
+            diag.update({k: v for k, v in info.items() if isinstance(v, np.ndarray) and v.shape[:1] == (n,)})
+        return safe, diag
+
+    def after_step(self, states: np.ndarray) -> dict[str, np.ndarray]:
+        """Hook 3: penalty (<= 0 per agent; 0 unless ``penalty_weight`` > 0) and metrics, after the env step."""
+        self.steps += 1
+        states = np.asarray(states, float)
+        n = states.shape[0]
+        if n == 0:
+            z = np.zeros(0)
+            return {"penalty": z, "near_collision": z.astype(bool), "conflict": z.astype(bool),
+                    "nearest": z, "n_in_conflict_range": z.astype(int)}
+        pos = np.ascontiguousarray(states[:, :2])
+        nearest, _, count = nearest_and_count(pos, float(self.conflict_range))
+        penalty = np.zeros(n)
+        if self.penalty_weight > 0 and n > 1:
+            penalty = potential_conflict_penalty(pos, world_velocity(self.model.name, states),
+                                                 self.safety_distance, self.conflict_range, self.penalty_weight)
+        return {"penalty": penalty, "near_collision": nearest < self.safety_distance, "conflict": count > 1,
+                "nearest": nearest, "n_in_conflict_range": count}
+
+
+def potential_conflict_penalty(pos, vel, safety_distance, conflict_range, weight):
+    """Paper eq. 17 through the client's training module (one implementation for the whole project)."""
+    from clients import training
+
+    return training.potential_conflict_penalty(pos, vel, safety_distance, conflict_range, weight)
+
+
+# ------------------------------------------------------------------------------------------------ built-in envs
+OBS_NEIGHBOURS = 3
+
+
+class _NavigationCore:
+    """Shared logic of the built-in environments: a :class:`Simulator` episode driven by external controls.
+
+    Agents leave the airspace at their goal (they terminate). Per-agent reward: progress towards the current
+    waypoint in units of (nominal speed x decision period), +1 per waypoint passed, +5 at the goal.
+    Observation (float32): current waypoint relative to the agent / observation range (2), the agent's own state
+    without position (k-2), and for the 3 nearest others in range: relative position / range (2), relative
+    velocity / max speed (2), presence flag (1).
+    """
+
+    def __init__(self, scenario: str, seed: int = 0, max_time: float | None = None, **scenario_kwargs):
+        from reach.models import get_model
+
+        self.scenario_name = scenario
+        self.model = get_model(SCENARIO_MODEL[scenario])
+        self.scenario_kwargs = scenario_kwargs
+        self.max_time = max_time
+        self.seed = seed
+        self._build(seed)
+
+    def _build(self, seed):
+        sc = make_scenario(self.scenario_name, seed=seed, **self.scenario_kwargs).with_(remove_at_goal=True)
+        if self.max_time is not None:
+            sc = sc.with_(max_time=float(self.max_time))
+        self.sim = Simulator(sc, model=self.model, record=False)
+        self.n = sc.n_agents
+        k = self.model.n_agent_states
+        self.obs_dim = 2 + (k - 2) + 5 * OBS_NEIGHBOURS
+        lo = np.asarray(self.model.control_lo, float)
+        hi = np.asarray(self.model.control_hi, float)
+        self.u_center, self.u_half = 0.5 * (hi + lo), 0.5 * (hi - lo)
+        self.v_scale = float(self.model.parameters.get("v_max", 1.0))
+        self.progress_unit = float(np.nanmax(sc.waypoint_speed)) * self.model.decision_period or 1.0
+        self._prev_dist = self._dist()
+
+    def reset(self, seed=None):
+        if seed is not None:
+            self.seed = int(seed)
+        self._build(self.seed)
+
+    def _dist(self):
+        target, _, _ = self.sim.current_targets()
+        return np.hypot(*(target - self.sim.states[:, :2]).T)
+
+    def airspace(self) -> np.ndarray:
+        return np.flatnonzero(self.sim.active)
+
+    def observations(self) -> np.ndarray:
+        sim, n = self.sim, self.n
+        obs = np.zeros((n, self.obs_dim), np.float32)
+        act = self.airspace()
+        if act.size == 0:
+            return obs
+        rng = float(self.model.observation_range)
+        target, _, _ = sim.current_targets(act)
+        x = sim.states[act]
+        obs[act, 0:2] = (target - x[:, :2]) / rng
+        obs[act, 2:2 + x.shape[1] - 2] = x[:, 2:]
+        vel = world_velocity(self.model.name, x)
+        p = x[:, :2]
+        d = np.hypot(p[:, None, 0] - p[None, :, 0], p[:, None, 1] - p[None, :, 1])
+        np.fill_diagonal(d, np.inf)
+        order = np.argsort(d, axis=1)[:, :OBS_NEIGHBOURS]
+        base = 2 + x.shape[1] - 2
+        for s in range(min(OBS_NEIGHBOURS, act.size - 1)):
+            j = order[:, s]
+            ok = d[np.arange(act.size), j] < rng
+            blk = np.column_stack([(p[j] - p) / rng, (vel[j] - vel) / self.v_scale, np.ones(act.size)])
+            obs[act, base + 5 * s: base + 5 * s + 5] = np.where(ok[:, None], blk, 0.0)
+        return obs
+
+    def action_to_control(self, actions: np.ndarray) -> np.ndarray:
+        return self.u_center + self.u_half * np.clip(np.asarray(actions, float), -1.0, 1.0)
+
+    def control_to_action(self, controls: np.ndarray) -> np.ndarray:
+        return np.clip((np.asarray(controls, float) - self.u_center) / self.u_half, -1.0, 1.0)
+
+    def step(self, controls_all: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """controls_all (N, m) for every agent (rows of absent agents ignored). Returns rewards (N,),
+        per-agent goal flags (N,) and the episode's time-out flag."""
+        sim = self.sim
+        wp_before = sim.wp_idx.copy()
+        act = self.airspace()
+        if act.size:
+            lo, hi = self.model.agent_control_bounds(sim.states[act])
+            sim.step(np.clip(controls_all[act], lo, hi))
+        else:
+            sim.step(np.zeros((0, self.model.n_controls)))
+        dist = self._dist()
+        passed = sim.wp_idx - wp_before
+        reward = np.where(passed > 0, 0.0, (self._prev_dist - dist) / self.progress_unit)
+        reward = reward + passed + 5.0 * (sim.goal_reached & (wp_before < sim.scenario.n_waypoints))
+        reward[sim.scenario.departure_times > sim.t - self.model.decision_period + 1e-9] = 0.0
+        self._prev_dist = dist
+        timeout = sim.t >= sim.scenario.max_time - 1e-9
+        return reward, sim.goal_reached.copy(), timeout
+
+
+class NavigationParallelEnv(ParallelEnv):
+    """PettingZoo ParallelEnv over a simulator scenario (one agent per aircraft / quadrotor).
+
+    Actions: Box([-1, 1]^m), mapped linearly onto the model's static control box (the simulator clips to the
+    state-dependent bounds). Agents that have not departed yet are listed but their actions are ignored.
+    """
+
+    metadata = {"name": "reach_navigation_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(self, scenario: str = "random", seed: int = 0, max_time: float | None = None, **scenario_kwargs):
+        self.core = _NavigationCore(scenario, seed=seed, max_time=max_time, **scenario_kwargs)
+        self.possible_agents = [f"agent_{i}" for i in range(self.core.n)]
+        self._index = {a: i for i, a in enumerate(self.possible_agents)}
+        self.agents: list[str] = []
+        self.render_mode = None
+        self._obs_space = gym.spaces.Box(-np.inf, np.inf, (self.core.obs_dim,), np.float32)
+        self._act_space = gym.spaces.Box(-1.0, 1.0, (self.core.model.n_controls,), np.float32)
+
+    @property
+    def model(self):
+        return self.core.model
+
+    def observation_space(self, agent):
+        return self._obs_space
+
+    def action_space(self, agent):
+        return self._act_space
+
+    def index(self, agent: str) -> int:
+        return self._index[agent]
+
+    def reset(self, seed=None, options=None):
+        self.core.reset(seed)
+        self.agents = list(self.possible_agents)
+        obs = self.core.observations()
+        return {a: obs[self._index[a]] for a in self.agents}, {a: {} for a in self.agents}
+
+    def step(self, actions):
+        core = self.core
+        u = np.tile(core.u_center, (core.n, 1))
+        for a, act in actions.items():
+            if a in self._index:
+                u[self._index[a]] = core.action_to_control(act)
+        reward, at_goal, timeout = core.step(u)
+        obs = core.observations()
+        agents = self.agents
+        rewards = {a: float(reward[self._index[a]]) for a in agents}
+        terms = {a: bool(at_goal[self._index[a]]) for a in agents}
+        truncs = {a: bool(timeout and not terms[a]) for a in agents}
+        observations = {a: obs[self._index[a]] for a in agents}
+        infos = {a: {} for a in agents}
+        self.agents = [a for a in agents if not (terms[a] or truncs[a])]
+        return observations, rewards, terms, truncs, infos
+
+    def close(self):
+        pass
+
+
+class NavigationEnv(gym.Env):
+    """Gymnasium env with the joint action (N, m) in [-1, 1] and joint observation (N, obs_dim); reward = sum of
+    the agents' rewards; terminated when every agent reached its goal, truncated at the scenario's time limit."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, scenario: str = "random", seed: int = 0, max_time: float | None = None, **scenario_kwargs):
+        self.core = _NavigationCore(scenario, seed=seed, max_time=max_time, **scenario_kwargs)
+        n, m = self.core.n, self.core.model.n_controls
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n, self.core.obs_dim), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (n, m), np.float32)
+
+    @property
+    def model(self):
+        return self.core.model
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.core.reset(seed)
+        return self.core.observations(), {}
+
+    def step(self, action):
+        reward, at_goal, timeout = self.core.step(self.core.action_to_control(action))
+        terminated = bool(at_goal.all())
+        return self.core.observations(), float(reward.sum()), terminated, bool(timeout and not terminated), {
+            "agent_rewards": reward, "at_goal": at_goal}
+
+    # the StateAdapter methods, so that vector envs can reach them through VectorEnv.call
+    def safety_states(self):
+        idx = self.core.airspace()
+        return idx, self.core.sim.states[idx].copy()
+
+
+def make_navigation_vector_env(num_envs: int = 2, scenario: str = "random", seed: int = 0, **kwargs):
+    """A ``gymnasium.vector.SyncVectorEnv`` of :class:`NavigationEnv` (episode seeds seed, seed+1, ...)."""
+    return gym.vector.SyncVectorEnv([
+        (lambda i=i: NavigationEnv(scenario, seed=seed + i, **kwargs)) for i in range(num_envs)])
+
+
+class NavigationAdapter:
+    """:class:`StateAdapter` for the built-in environments (parallel: ids are agent names; joint/vector: ids are
+    agent indices). Actions in [-1, 1]^m map linearly onto the model's static control box; ``env`` is only needed
+    to read states (for vector envs, :meth:`vector_agent_states` reads every sub-env through ``call``)."""
+
+    def __init__(self, model):
+        self.model = model
+        lo = np.asarray(model.control_lo, float)
+        hi = np.asarray(model.control_hi, float)
+        self.center, self.half = 0.5 * (hi + lo), 0.5 * (hi - lo)
+
+    def agent_states(self, env):
+        base = getattr(env, "unwrapped", env)
+        if isinstance(base, NavigationParallelEnv):
+            idx = base.core.airspace()
+            return [base.possible_agents[i] for i in idx], base.core.sim.states[idx].copy()
+        return base.safety_states()
+
+    def vector_agent_states(self, vec_env):
+        return vec_env.call("safety_states")
+
+    def actions_to_controls(self, env, ids, actions):
+        if isinstance(actions, dict):
+            rows = [actions.get(a, np.zeros(self.model.n_controls)) for a in ids]
+            a = np.array(rows, float).reshape(len(ids), self.model.n_controls)
+        else:
+            a = np.asarray(actions, float)[np.asarray(ids, int)]
+        return self.center + self.half * np.clip(a, -1.0, 1.0)
+
+    def controls_to_actions(self, env, ids, controls, actions):
+        acts = np.clip((np.asarray(controls, float) - self.center) / self.half, -1.0, 1.0).astype(np.float32)
+        if isinstance(actions, dict):
+            out = dict(actions)
+            for a, row in zip(ids, acts):
+                if a in out:
+                    out[a] = row
+            return out
+        out = np.array(actions, dtype=np.float32, copy=True)
+        out[np.asarray(ids, int)] = acts
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ wrappers
+def _penalize_and_report(layer: SafetyLayer, ids, states_after, diag) -> dict:
+    rep = layer.after_step(states_after)
+    return {"ids": list(ids), "intervened": diag.get("intervened"), "penalty": rep["penalty"],
+            "near_collision": rep["near_collision"], "conflict": rep["conflict"], "nearest": rep["nearest"],
+            "n_in_conflict_range": rep["n_in_conflict_range"], "filter_on": layer.filter_on,
+            "safety_distance": layer.safety_distance, "conflict_range": layer.conflict_range,
+            "diagnostics": {k: v for k, v in diag.items() if k != "intervened"}}
+
+
+class SafeParallelEnv(ParallelEnv):
+    """PettingZoo ParallelEnv wrapper: filtered actions, optional penalty, metrics in ``infos[agent]["safety"]``
+    (and, aggregated, in ``self.last_metrics``)."""
+
+    def __init__(self, env: ParallelEnv, adapter: StateAdapter, layer: SafetyLayer):
+        self.env = env
+        self.adapter = adapter
+        self.layer = layer
+        self.metadata = getattr(env, "metadata", {})
+        self.possible_agents = env.possible_agents
+        self.render_mode = getattr(env, "render_mode", None)
+        self.last_metrics: dict = {}
+
+    @property
+    def agents(self):
+        return self.env.agents
+
+    @property
+    def unwrapped(self):
+        return self.env.unwrapped
+
+    def observation_space(self, agent):
+        return self.env.observation_space(agent)
+
+    def action_space(self, agent):
+        return self.env.action_space(agent)
+
+    def reset(self, seed=None, options=None):
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions):
+        layer = self.layer
+        layer.before_step()
+        ids, states = self.adapter.agent_states(self.env)
+        controls = self.adapter.actions_to_controls(self.env, ids, actions)
+        safe, diag = layer.apply(states, controls)
+        actions = self.adapter.controls_to_actions(self.env, ids, safe, actions)
+        obs, rew, term, trunc, infos = self.env.step(actions)
+        ids_after, states_after = self.adapter.agent_states(self.env)
+        rep = _penalize_and_report(layer, ids_after, states_after, diag)
+        pos = {a: i for i, a in enumerate(ids_after)}
+        before = {a: i for i, a in enumerate(ids)}
+        rew = dict(rew)
+        for a in rew:
+            if a in pos:
+                i = pos[a]
+                rew[a] += float(rep["penalty"][i])
+            info = infos.setdefault(a, {})
+            info["safety"] = {
+                "intervened": bool(diag["intervened"][before[a]]) if a in before else False,
+                "near_collision": bool(rep["near_collision"][pos[a]]) if a in pos else False,
+                "conflict": bool(rep["conflict"][pos[a]]) if a in pos else False,
+                "penalty": float(rep["penalty"][pos[a]]) if a in pos else 0.0,
+                "filter_on": layer.filter_on, "safety_distance": layer.safety_distance,
+            }
+        self.last_metrics = _summary(rep)
+        return obs, rew, term, trunc, infos
+
+    def close(self):
+        self.env.close()
+
+
+def _summary(rep: dict) -> dict:
+    n = len(rep["ids"])
+    f = (lambda x: float(np.mean(x)) if x is not None and len(x) else 0.0)
+    return {"agents_in_airspace": n, "near_collision_rate": f(rep["near_collision"]),
+            "conflict_rate": f(rep["conflict"]), "intervention_rate": f(rep["intervened"]),
+            "penalty_sum": float(np.sum(rep["penalty"])) if n else 0.0,
+            "min_separation": float(np.min(rep["nearest"])) if n else float("inf"),
+            "filter_on": rep["filter_on"], "safety_distance": rep["safety_distance"],
+            "conflict_range": rep["conflict_range"]}
+
+
+class SafeJointEnv(gym.Wrapper):
+    """Gymnasium wrapper for envs with a joint multi-agent action; the penalty sum is added to the scalar
+    reward (per-agent penalties in ``info["safety"]["penalty"]``)."""
+
+    def __init__(self, env: gym.Env, adapter: StateAdapter, layer: SafetyLayer):
+        super().__init__(env)
+        self.adapter = adapter
+        self.layer = layer
+
+    def step(self, action):
+        layer = self.layer
+        layer.before_step()
+        ids, states = self.adapter.agent_states(self.env)
+        controls = self.adapter.actions_to_controls(self.env, ids, action)
+        safe, diag = layer.apply(states, controls)
+        action = self.adapter.controls_to_actions(self.env, ids, safe, action)
+        obs, rew, term, trunc, info = self.env.step(action)
+        ids_after, states_after = self.adapter.agent_states(self.env)
+        rep = _penalize_and_report(layer, ids_after, states_after, diag)
+        info = dict(info)
+        info["safety"] = _summary(rep) | {"penalty": rep["penalty"], "intervened": diag["intervened"]}
+        return obs, float(rew) + float(np.sum(rep["penalty"])), term, trunc, info
+
+
+class SafeVectorEnv(gym.vector.VectorWrapper):
+    """Gymnasium VectorEnv wrapper over sub-envs with joint multi-agent actions (e.g.
+    :func:`make_navigation_vector_env`). Sub-env states come from ``call("safety_states")`` (works for sync and
+    async vector envs); one :class:`SafetyLayer` per sub-env so curricula and metrics stay separate."""
+
+    def __init__(self, env: gym.vector.VectorEnv, adapter: StateAdapter, layer_factory: Callable[[], SafetyLayer]):
+        super().__init__(env)
+        self.adapter = adapter
+        self.layers = [layer_factory() for _ in range(env.num_envs)]
+
+    def _states(self):
+        return self.adapter.vector_agent_states(self.env)
+
+    def step(self, actions):
+        actions = np.array(actions, dtype=np.float32, copy=True)
+        diags = []
+        for e, (layer, (ids, states)) in enumerate(zip(self.layers, self._states())):
+            layer.before_step()
+            controls = self.adapter.actions_to_controls(None, ids, actions[e])
+            safe, diag = layer.apply(states, controls)
+            actions[e] = self.adapter.controls_to_actions(None, ids, safe, actions[e])
+            diags.append(diag)
+        obs, rew, term, trunc, info = self.env.step(actions)
+        after = self._states()
+        rew = np.array(rew, float, copy=True)
+        summaries = []
+        for e, (layer, (ids, states)) in enumerate(zip(self.layers, after)):
+            rep = _penalize_and_report(layer, ids, states, diags[e])
+            rew[e] += float(np.sum(rep["penalty"]))
+            summaries.append(_summary(rep))
+        info = dict(info)
+        info["safety"] = {k: np.array([s[k] for s in summaries]) for k in summaries[0]}
+        return obs, rew, term, trunc, info
