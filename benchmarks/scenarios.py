@@ -79,6 +79,55 @@ def bench(n_agents: int, steps: int, filters: list[str], store) -> list[dict]:
     return rows
 
 
+def bench_env(n_agents: int, steps: int, filters: list[str], store) -> list[dict]:
+    """Trainer-facing step: the Gymnasium joint env (observations + rewards + simulator step) with random
+    actions, bare and wrapped in SafeJointEnv (same seed, same action sequence)."""
+    from clients.sim.wrappers import NavigationAdapter, NavigationEnv, SafeJointEnv, SafetyLayer
+
+    rows = []
+    base = None
+    sc_rc = make_scenario("dense", seed=0, n_agents=n_agents).conflict_range
+    for fname in ["none"] + filters:
+        env = NavigationEnv("dense", seed=0, n_agents=n_agents)
+        model = env.model
+        if fname != "none":
+            try:
+                filt = make_filter(fname, model, store=store, safety_distance=model.safety_distance)
+            except Exception as exc:
+                rows.append({"agents": n_agents, "filter": fname, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            rc = getattr(filt, "conflict_range", None) or sc_rc
+            env = SafeJointEnv(env, NavigationAdapter(model), SafetyLayer(model, filter=filt, conflict_range=rc))
+        rng = np.random.default_rng(0)
+        env.reset(seed=0)
+        for _ in range(3):
+            env.step(rng.uniform(-1, 1, size=env.action_space.shape).astype(np.float32))
+        ts = []
+        for _ in range(steps):
+            a = rng.uniform(-1, 1, size=env.action_space.shape).astype(np.float32)
+            t = time.perf_counter()
+            env.step(a)
+            ts.append(time.perf_counter() - t)
+        step_s = float(np.median(ts))
+        if fname == "none":
+            base = step_s
+        rows.append({"agents": n_agents, "filter": fname, "step_ms": 1e3 * step_s, "filter_ms": float("nan"),
+                     "overhead_pct": 100.0 * (step_s - base) / base if base else 0.0})
+        print("env", rows[-1], flush=True)
+    return rows
+
+
+def _table(rows):
+    out = ["| agents | filter | step (ms) | of which filter (ms) | overhead vs none |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['agents']} | {r['filter']} | not run: {r['error']} | | |")
+        else:
+            fm = "-" if np.isnan(r["filter_ms"]) else f"{r['filter_ms']:.3f}"
+            out.append(f"| {r['agents']} | {r['filter']} | {r['step_ms']:.3f} | {fm} | {r['overhead_pct']:+.1f} % |")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
@@ -87,23 +136,22 @@ def main(argv=None) -> int:
     ap.add_argument("--store", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scenarios.md"))
     args = ap.parse_args(argv)
-    rows = []
+    rows, env_rows = [], []
     for n in args.agents:
         rows += bench(n, args.steps, args.filters, args.store)
+        env_rows += bench_env(n, args.steps, args.filters, args.store)
     lines = ["# Scenario step time with and without the safety filter", "",
              f"Machine: {machine()}. Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with "
              f"`benchmarks/scenarios.py --agents {' '.join(map(str, args.agents))} --steps {args.steps}`.", "",
-             "Quadrotor `dense` scenario (about 4 m^2 per agent), median wall time per decision step over "
-             f"{args.steps} steps after warm-up; one step = nominal controller + filter + 5 integration sub-steps "
-             "with separation checks + waypoint logic. Overhead relative to the safety-blind run of the same "
-             "episode.", "",
-             "| agents | filter | step (ms) | of which filter (ms) | overhead vs none |", "|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['agents']} | {r['filter']} | not run: {r['error']} | | |")
-        else:
-            lines.append(f"| {r['agents']} | {r['filter']} | {r['step_ms']:.3f} | {r['filter_ms']:.3f} "
-                         f"| {r['overhead_pct']:+.1f} % |")
+             "## Simulator step", "",
+             "Quadrotor `dense` scenario (about 4 m^2 per agent), nominal waypoint tracker, median wall time per "
+             f"decision step over {args.steps} steps after warm-up; one step = nominal controller + filter + 5 "
+             "integration sub-steps with separation checks + waypoint logic. Overhead relative to the "
+             "safety-blind run of the same episode.", ""] + _table(rows) + [
+             "", "## Trainer-facing env step", "",
+             "`NavigationEnv` (Gymnasium, joint action) on the same scenario with random actions: observations "
+             "(3 nearest neighbours), rewards and the simulator step; with the filter = wrapped in `SafeJointEnv` "
+             "(adapter, filter, metrics; no penalty).", ""] + _table(env_rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -59,10 +59,11 @@ NO_PARTNER = 0      # no neighbour with a finite value: nominal action (clipped 
 NOMINAL_SAFE = 1    # the (clipped) nominal action satisfies the constraint and the sampled-data check
 CORRECTED = 2       # the nominal action was projected onto the constraint
 MOST_SAFE = 3       # the box cannot satisfy the linear constraint: the most-safe (HJ optimal) control
-BEST_EFFORT = 4     # no candidate passed the sampled-data check within max_iter: the best candidate applied
+BEST_EFFORT = 4     # no candidate passed the sampled-data check: the candidate with the largest slack applied
+SEARCHED = 5        # the linear refinements failed the check; a box-vertex candidate passed it
 
 STATUS_NAMES = {NO_PARTNER: "no_partner", NOMINAL_SAFE: "nominal_safe", CORRECTED: "corrected",
-                MOST_SAFE: "most_safe", BEST_EFFORT: "best_effort"}
+                MOST_SAFE: "most_safe", BEST_EFFORT: "best_effort", SEARCHED: "searched"}
 
 
 # ------------------------------------------------------------------------------------------ closed-form QP
@@ -80,7 +81,8 @@ def _g_at(lam, ref, lo, hi, dw, c):
 def solve_halfspace_box(ref, lo, hi, dw, c, b, out):
     """Exact solution of  min sum_k (u_k - ref_k)^2 / dw_k  s.t.  c . u >= b,  lo <= u <= hi.
 
-    dw_k >= 0 are the inverse weights (responsibilities); dw_k = 0 fixes u_k at clip(ref_k). The minimizer is
+    dw_k >= 0 are the inverse weights (responsibilities); dw_k = 0 fixes u_k at clip(ref_k). Coefficients with
+    |c_k| <= 1e-6 max |c| are set to zero in place (float32 noise of the stored gradient). The minimizer is
     u(lam) = clip(ref + lam dw c, lo, hi) with the smallest lam >= 0 such that c . u(lam) >= b; c . u(lam) is
     nondecreasing and piecewise linear in lam with breakpoints where a component meets a bound, so lam is found
     exactly by sorting the (at most 2 m) breakpoints and solving on the bracketing linear piece.
@@ -88,6 +90,12 @@ def solve_halfspace_box(ref, lo, hi, dw, c, b, out):
     most-safe control (argmax of c . u over the box in the free components, clip(ref) in the fixed ones).
     """
     m = ref.shape[0]
+    cmax = 0.0
+    for k in range(m):
+        cmax = max(cmax, abs(c[k]))
+    for k in range(m):      # float32 grid noise must not pick a corner: |c_k| below 1e-6 max |c| is zero
+        if abs(c[k]) <= 1e-6 * cmax:
+            c[k] = 0.0
     g0 = _g_at(0.0, ref, lo, hi, dw, c)
     if g0 >= b:
         for k in range(m):
@@ -155,26 +163,26 @@ def _build_kernels(model):
     n = model.n_states
     interp_point = interp.interp_point
 
-    @njit(nogil=True)
-    def barrier(grid, s, shift, d, want_grad, g, isc, wsc):
-        """B = min(V(s) - shift, ||p|| - d) and its gradient (into g); returns (B, status)."""
-        v, st = interp_point(grid[0], grid[1], grid[2], grid[3], grid[4], grid[5], s, shift, want_grad, g,
-                             isc, wsc)
+    @njit(nogil=True, inline="always")
+    def barrier(packed, lo, inv_dx, npts, per, strides, S, row, shift, d, want_grad, g, isc, wsc):
+        """B = min(V(S[row]) - shift, ||p|| - d) and its gradient (into g); returns (B, status)."""
+        v, st = interp_point(packed, lo, inv_dx, npts, per, strides, S, row, shift, want_grad, g, isc, wsc)
         if st > interp.OUTSIDE:
             return v, st
-        dist = math.sqrt(s[0] * s[0] + s[1] * s[1])
+        dist = math.sqrt(S[row, 0] * S[row, 0] + S[row, 1] * S[row, 1])
         if dist - d < v:
             v = dist - d
             if want_grad:
                 for q in range(n):
                     g[q] = 0.0
                 if dist > 0.0:
-                    g[0] = s[0] / dist
-                    g[1] = s[1] / dist
+                    g[0] = S[row, 0] / dist
+                    g[1] = S[row, 1] / dist
         return v, st
 
-    @njit(nogil=True)
-    def predict_barrier(grid, shift, d, xa, xb, ua, ub, tau, work_x, work_u, isc, wsc, g):
+    @njit(nogil=True, inline="always")
+    def predict_barrier(gp, glo, ginv, gn, gper, gstr, shift, d, xa, xb, ua, ub, tau, work_x, work_u, isc, wsc,
+                        g):
         """B at the relative state after holding ua (agent a) and ub (agent b) for tau."""
         for q in range(k_dim):
             work_x[0, q] = xa[q]
@@ -184,12 +192,43 @@ def _build_kernels(model):
             work_u[1, q] = ub[q]
         nxt = step(work_x, work_u, tau)
         s = rel(nxt[0:1], nxt[1:2])
-        v, st = barrier(grid, s[0], shift, d, False, g, isc, wsc)
+        v, st = barrier(gp, glo, ginv, gn, gper, gstr, s, 0, shift, d, False, g, isc, wsc)
         return v
+
+    @njit(nogil=True, inline="always")
+    def check_slack(gp, glo, ginv, gn, gper, gstr, shift, d, pair, u, cooperative, plo, phi, B, gamma, dt,
+                    n_checks, ua, ub, work_x, work_u, isc, wsc, g):
+        """Sampled-data check of the pair action u (joint, or the ego's in worst_case mode) by exact prediction:
+        returns (slack, deficit) = (min over check times (and opponent corners) of B(tau) - (1 - gamma tau) B,
+        max of the deficit rate ((1 - gamma tau) B - B(tau)) / tau, >= 0)."""
+        for q in range(m):
+            ua[q] = u[q]
+            if cooperative:
+                ub[q] = u[m + q]
+        slack = math.inf
+        deficit = 0.0
+        n_corner = 1 << m
+        for qc in range(1, n_checks + 1):
+            tau = dt * qc / n_checks
+            target_b = (1.0 - gamma * tau) * B
+            if cooperative:
+                vb = predict_barrier(gp, glo, ginv, gn, gper, gstr, shift, d, pair[0], pair[1], ua, ub, tau,
+                                     work_x, work_u, isc, wsc, g)
+                slack = min(slack, vb - target_b)
+                deficit = max(deficit, (target_b - vb) / tau)
+            else:
+                for corner in range(n_corner):
+                    for q in range(m):
+                        ub[q] = phi[1, q] if (corner >> q) & 1 else plo[1, q]
+                    vb = predict_barrier(gp, glo, ginv, gn, gper, gstr, shift, d, pair[0], pair[1], ua, ub, tau,
+                                         work_x, work_u, isc, wsc, g)
+                    slack = min(slack, vb - target_b)
+                    deficit = max(deficit, (target_b - vb) / tau)
+        return slack, deficit
 
     @njit(nogil=True)
     def core(states, nominal, known, ids, targets, indptr, indices, cooperative, grid, shift, d,
-             has_w, grid_w, shift_w, has_c, grid_c, shift_c, rc, resp, gamma, dt, n_checks, max_iter, lam_skip):
+             has_w, grid_w, shift_w, has_c, grid_c, shift_c, rc, resp, gamma, dt, n_checks, max_iter, lam_skip, vertex_search):
         N = states.shape[0]
         T = targets.shape[0]
         u_out = np.empty((T, m))
@@ -200,6 +239,9 @@ def _build_kernels(model):
         conflict_free = np.zeros(T, dtype=np.bool_)
         margin = np.zeros(T)
         err = np.full(3, -1, dtype=np.int64)   # (status, agent, neighbour) of the first bad relative state
+        gp, glo, ginv, gn, gper, gstr = grid
+        wp, wlo, winv, wn, wper, wstr = grid_w
+        cp, clo, cinv, cn, cper, cstr = grid_c
         g = np.empty(n)
         isc, wsc = interp.make_scratch(n)
         # ---- all (target, neighbour) relative states in one batch
@@ -232,21 +274,20 @@ def _build_kernels(model):
             s_w = -1
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
-                s = S[p]
-                v, st = barrier(grid, s, shift, d, False, g, isc, wsc)
+                v, st = barrier(gp, glo, ginv, gn, gper, gstr, S, p, shift, d, False, g, isc, wsc)
                 if st > interp.OUTSIDE:
                     err[0] = st
                     err[1] = i
                     err[2] = j
                     return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, err
-                if v < best:
+                if v < best or (v == best and best_j >= 0 and j < best_j):
                     best = v
                     best_j = j
-                dist = math.sqrt(s[0] * s[0] + s[1] * s[1])
+                dist = math.sqrt(S[p, 0] * S[p, 0] + S[p, 1] * S[p, 1])
                 if dist < rc:
                     n_in_rc[t] += 1
                 if has_w:
-                    vw, stw = barrier(grid_w, s, shift_w, d, False, g, isc, wsc)
+                    vw, stw = barrier(wp, wlo, winv, wn, wper, wstr, S, p, shift_w, d, False, g, isc, wsc)
                     if stw > interp.OUTSIDE:
                         err[0] = stw
                         err[1] = i
@@ -264,7 +305,7 @@ def _build_kernels(model):
                 if n_w == 0:
                     conflict_free[t] = True
                 elif n_w == 1:
-                    vc, stc = barrier(grid_c, S[s_w], shift_c, d, False, g, isc, wsc)
+                    vc, stc = barrier(cp, clo, cinv, cn, cper, cstr, S, s_w, shift_c, d, False, g, isc, wsc)
                     conflict_free[t] = stc <= interp.OUTSIDE and vc >= 0.0
         # ---- the filter, per target agent
         mm = 2 * m if cooperative else m
@@ -281,7 +322,6 @@ def _build_kernels(model):
         pair = np.empty((2, k_dim))
         work_x = np.empty((2, k_dim))
         work_u = np.empty((2, m))
-        n_corner = 1 << m
         for t in range(T):
             i = targets[t]
             j = partner[t]
@@ -303,7 +343,7 @@ def _build_kernels(model):
             s2 = rel(pair[0:1], pair[1:2])
             f, Ga, Gb = aff(s2)
             plo, phi = bnd(pair)
-            B, st = barrier(grid, s2[0], shift, d, True, g, isc, wsc)
+            B, st = barrier(gp, glo, ginv, gn, gper, gstr, s2, 0, shift, d, True, g, isc, wsc)
             if st > interp.OUTSIDE:
                 err[0] = st
                 err[1] = a
@@ -360,29 +400,8 @@ def _build_kernels(model):
                         u_best[q] = u[q]
                     final = NOMINAL_SAFE if code == 0 else (CORRECTED if code == 1 else MOST_SAFE)
                     break
-                # exact one-step prediction at the check times
-                for q in range(m):
-                    ua[q] = u[q]
-                    if cooperative:
-                        ub[q] = u[m + q]
-                slack = math.inf
-                deficit = 0.0
-                for qc in range(1, n_checks + 1):
-                    tau = dt * qc / n_checks
-                    target_b = (1.0 - gamma * tau) * B
-                    if cooperative:
-                        vb = predict_barrier(grid, shift, d, pair[0], pair[1], ua, ub, tau, work_x, work_u, isc,
-                                             wsc, g)
-                        slack = min(slack, vb - target_b)
-                        deficit = max(deficit, (target_b - vb) / tau)
-                    else:
-                        for corner in range(n_corner):
-                            for q in range(m):
-                                ub[q] = phi[1, q] if (corner >> q) & 1 else plo[1, q]
-                            vb = predict_barrier(grid, shift, d, pair[0], pair[1], ua, ub, tau, work_x, work_u,
-                                                 isc, wsc, g)
-                            slack = min(slack, vb - target_b)
-                            deficit = max(deficit, (target_b - vb) / tau)
+                slack, deficit = check_slack(gp, glo, ginv, gn, gper, gstr, shift, d, pair, u, cooperative, plo,
+                                             phi, B, gamma, dt, n_checks, ua, ub, work_x, work_u, isc, wsc, g)
                 if slack > best_slack:
                     best_slack = slack
                     for q in range(mm):
@@ -391,14 +410,41 @@ def _build_kernels(model):
                 if slack >= 0.0:
                     accepted = True
                     final = NOMINAL_SAFE if code == 0 else (CORRECTED if code == 1 else MOST_SAFE)
-                    for q in range(mm):
-                        u_best[q] = u[q]
-                    margin[t] = mu
                     break
                 if code == 2:
                     break
                 mu += 1.25 * deficit + 1e-9 * (1.0 + abs(mu))
-            if not accepted:
+            if not accepted and vertex_search:
+                # vertex search: every combination of {lo, clip(ref), hi} per free component; the cheapest
+                # candidate passing the sampled-data check, else the one with the largest slack
+                best_cost = math.inf
+                n_comb = 1
+                for q in range(mm):
+                    n_comb *= 3
+                for comb in range(n_comb):
+                    code3 = comb
+                    for q in range(mm):
+                        level = code3 % 3
+                        code3 //= 3
+                        r_q = min(max(ref[q], lo[q]), hi[q])
+                        if dw[q] <= 0.0 or level == 0:
+                            u[q] = r_q
+                        else:
+                            u[q] = lo[q] if level == 1 else hi[q]
+                    slack, deficit = check_slack(gp, glo, ginv, gn, gper, gstr, shift, d, pair, u, cooperative,
+                                                 plo, phi, B, gamma, dt, n_checks, ua, ub, work_x, work_u, isc,
+                                                 wsc, g)
+                    cost = 0.0
+                    for q in range(mm):
+                        if dw[q] > 0.0:
+                            cost += (u[q] - ref[q]) ** 2 / dw[q]
+                    if slack > best_slack:
+                        best_slack = slack
+                        for q in range(mm):
+                            u_best[q] = u[q]
+                accepted = best_slack >= 0.0
+                final = SEARCHED if accepted else BEST_EFFORT
+            elif not accepted:
                 final = BEST_EFFORT
             status[t] = final
             off = 0 if (ego_is_a or not cooperative) else m
@@ -408,19 +454,19 @@ def _build_kernels(model):
 
     @njit(nogil=True)
     def filter_all(states, nominal, resp, obs_range, cooperative, grid, shift, d, has_w, grid_w, shift_w, has_c,
-                   grid_c, shift_c, rc, gamma, dt, n_checks, max_iter, lam_skip):
+                   grid_c, shift_c, rc, gamma, dt, n_checks, max_iter, lam_skip, vertex_search):
         N = states.shape[0]
         pos = np.ascontiguousarray(states[:, :2])
         indptr, indices = neighbor_lists(pos, obs_range)
         known = np.ones(N, dtype=np.bool_)
         ids = np.arange(N)
         out = core(states, nominal, known, ids, ids, indptr, indices, cooperative, grid, shift, d, has_w, grid_w,
-                   shift_w, has_c, grid_c, shift_c, rc, resp, gamma, dt, n_checks, max_iter, lam_skip)
+                   shift_w, has_c, grid_c, shift_c, rc, resp, gamma, dt, n_checks, max_iter, lam_skip, vertex_search)
         return out
 
     @njit(nogil=True)
     def filter_one(states, nominal, known, ids, resp, obs_range, cooperative, grid, shift, d, has_w, grid_w,
-                   shift_w, has_c, grid_c, shift_c, rc, gamma, dt, n_checks, max_iter, lam_skip):
+                   shift_w, has_c, grid_c, shift_c, rc, gamma, dt, n_checks, max_iter, lam_skip, vertex_search):
         """Agent 0 of `states` against rows 1..K (neighbours selected by distance here)."""
         N = states.shape[0]
         indptr = np.zeros(N + 1, dtype=np.int64)
@@ -437,7 +483,7 @@ def _build_kernels(model):
             indptr[q] = cnt
         targets = np.zeros(1, dtype=np.int64)
         return core(states, nominal, known, ids, targets, indptr, idx[:cnt], cooperative, grid, shift, d, has_w,
-                    grid_w, shift_w, has_c, grid_c, shift_c, rc, resp, gamma, dt, n_checks, max_iter, lam_skip)
+                    grid_w, shift_w, has_c, grid_c, shift_c, rc, resp, gamma, dt, n_checks, max_iter, lam_skip, vertex_search)
 
     return filter_all, filter_one
 
@@ -482,14 +528,19 @@ class LayeredSafetyFilter:
     'cooperative' | 'worst_case'; responsibility: scalar or (N,) per-agent weights >= 0 (scalar = equal split);
     gamma_cbf (1/s, default 0.5 / decision_period, needs gamma_cbf * dt <= 1); decision_period dt (s, default
     the model's); observation_range (m, default the model's); n_checks (sampled-data check times per period);
-    max_iter (margin refinements); conflict_range (m, default R_c(d) from the stored table).
+    max_iter (margin refinements); conflict_range (m, default R_c(d) from the stored table); value_margin (m,
+    subtracted from the interpolated value of the mode's game to absorb the grid's error; default the solver's
+    measured closed-loop shortfall, max(0, -attrs.validation.worst_separation_excess), else 0); vertex_search:
+    when no linear candidate passes the sampled-data check, try every combination of {lo, clip(nominal), hi}
+    per control component (3^(2m) joint candidates) and keep the one with the largest slack.
     """
 
     def __init__(self, model, cooperative: ValueFunction | None = None, worst_case: ValueFunction | None = None,
                  safety_distance: float | None = None, mode: str = "cooperative", responsibility=0.5,
                  gamma_cbf: float | None = None, decision_period: float | None = None,
                  observation_range: float | None = None, n_checks: int = 4, max_iter: int = 4,
-                 conflict_range: float | None = None):
+                 conflict_range: float | None = None, value_margin: float | None = None,
+                 vertex_search: bool = True):
         from reach.models import get_model
         self.model = get_model(model) if isinstance(model, str) else model
         if mode not in ("cooperative", "worst_case"):
@@ -523,6 +574,13 @@ class LayeredSafetyFilter:
             raise ValueError(f"observation_range must be finite and > 0, got {observation_range}")
         if int(n_checks) < 1 or int(max_iter) < 0:
             raise ValueError("n_checks must be >= 1 and max_iter >= 0")
+        if value_margin is None:
+            excess = (self.vf.attrs.get("validation") or {}).get("worst_separation_excess")
+            value_margin = max(0.0, -float(excess)) if excess is not None else 0.0
+        self.value_margin = float(value_margin)
+        if not (self.value_margin >= 0 and math.isfinite(self.value_margin)):
+            raise ValueError(f"value_margin must be finite and >= 0, got {value_margin}")
+        self.vertex_search = bool(vertex_search)
         self.n_checks = int(n_checks)
         self.max_iter = int(max_iter)
         self.responsibility = responsibility
@@ -561,7 +619,7 @@ class LayeredSafetyFilter:
     def _grids(self):
         vf = self.vf
         g = vf.kernel_args()
-        shift = vf.shift(self.safety_distance if vf.safety_distance is None else None)
+        shift = vf.shift(self.safety_distance if vf.safety_distance is None else None) + self.value_margin
         w, c = self.worst_case_vf, self.cooperative_vf
         has_w = w is not None
         has_c = c is not None
@@ -599,7 +657,7 @@ class LayeredSafetyFilter:
         out = self._filter_all(x, u, resp, self.observation_range, self.mode == "cooperative", g, shift,
                                self.safety_distance, has_w, gw, sw, has_c, gc, sc, self.conflict_range,
                                self.gamma_cbf, self.decision_period, self.n_checks, self.max_iter,
-                               self.lipschitz_rate)
+                               self.lipschitz_rate, self.vertex_search)
         actions, partner, pair_value, status, n_in_rc, conflict_free, margin, err = out
         if err[0] >= 0:
             self._raise(err)
@@ -656,7 +714,7 @@ class LayeredSafetyFilter:
         out = self._filter_one(states, nominal, known, ids, resp, self.observation_range,
                                self.mode == "cooperative", g, shift, self.safety_distance, has_w, gw, sw, has_c,
                                gc, sc, self.conflict_range, self.gamma_cbf, self.decision_period, self.n_checks,
-                               self.max_iter, self.lipschitz_rate)
+                               self.max_iter, self.lipschitz_rate, self.vertex_search)
         actions, partner, pair_value, status, n_in_rc, conflict_free, margin, err = out
         if err[0] >= 0:
             self._raise(err)

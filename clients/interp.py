@@ -47,7 +47,7 @@ def pack_grid(value: np.ndarray, gradient: np.ndarray) -> np.ndarray:
         raise ValueError(f"gradient shape {gradient.shape} does not match value shape {value.shape} + ({n},)")
     packed = np.empty((value.size, n + 1), dtype=np.float32)
     packed[:, 0] = value.reshape(-1)
-    packed[:, 1:] = gradient.reshape(-1, n)
+    packed[:, 1:n + 1] = gradient.reshape(-1, n)
     return packed
 
 
@@ -86,27 +86,28 @@ def grid_geometry(coords, periodic) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 @njit(cache=True, nogil=True)
 def make_scratch(n):
-    """Scratch arrays for `interp_point` in an n-D grid."""
-    return np.empty((2, n), dtype=np.int64), np.empty(n)
+    """Scratch arrays for `interp_point` in an n-D grid: corner rows (2^n,) int64 and weights (2^n,)."""
+    return np.empty(1 << n, dtype=np.int64), np.empty(1 << n)
 
 
-@njit(cache=True, nogil=True)
-def interp_point(packed, lo, inv_dx, npts, periodic, strides, s, shift, want_grad, grad_out, iscratch, w):
-    """Multilinear value (minus `shift`) and, if want_grad, gradient at one point `s` (n,).
+@njit(cache=True, nogil=True, inline="always")
+def interp_point(packed, lo, inv_dx, npts, periodic, strides, states, row, shift, want_grad, grad_out, rows, wts):
+    """Multilinear value (minus `shift`) and, if want_grad, gradient at the point states[row] (n,).
 
     Writes the gradient into grad_out (n,) and returns (value, status). With status OUTSIDE the value is +inf
-    and the gradient zero; with an error status the value is NaN. Scratch (allocation-free hot path):
-    iscratch (2, n) int64, w (n,) float64 (see `make_scratch`).
+    and the gradient zero; with an error status the value is NaN. Scratch (allocation-free hot path): rows,
+    wts of size 2^n (see `make_scratch`). Inlined into its callers (no call or reference-count overhead).
     """
-    n = s.shape[0]
-    off0 = iscratch[0]
-    off1 = iscratch[1]
+    n = states.shape[1]
+    for k in range(n):
+        grad_out[k] = 0.0
+    rows[0] = 0
+    wts[0] = 1.0
+    width = 1
     outside = False
     for d in range(n):
-        x = s[d]
+        x = states[row, d]
         if not math.isfinite(x):
-            for k in range(n):
-                grad_out[k] = 0.0
             return math.nan, NAN_BASE + 2 * d
         m = npts[d]
         u = (x - lo[d]) * inv_dx[d]
@@ -123,14 +124,12 @@ def interp_point(packed, lo, inv_dx, npts, periodic, strides, s, shift, want_gra
                 i1 = 0
         else:
             top = m - 1
-            tol = BOUND_TOL * top
             if u < 0.0 or u > top:
+                tol = BOUND_TOL * top
                 if u < -tol or u > top + tol:
                     if d < N_POSITION_DIMS:
                         outside = True
                         continue
-                    for k in range(n):
-                        grad_out[k] = 0.0
                     return math.nan, BOUNDS_BASE + 2 * d
                 u = min(max(u, 0.0), float(top))
             i0 = int(u)
@@ -138,30 +137,30 @@ def interp_point(packed, lo, inv_dx, npts, periodic, strides, s, shift, want_gra
                 i0 = top - 1
             t = u - i0
             i1 = i0 + 1
-        off0[d] = i0 * strides[d]
-        off1[d] = i1 * strides[d]
-        w[d] = t
-    for k in range(n):
-        grad_out[k] = 0.0
+        if outside:
+            continue
+        # tensor-product expansion of the corner set: 2^(d+1) corners after dim d
+        o0 = i0 * strides[d]
+        o1 = i1 * strides[d]
+        for c in range(width):
+            rows[c + width] = rows[c] + o1
+            wts[c + width] = wts[c] * t
+            rows[c] += o0
+            wts[c] *= 1.0 - t
+        width *= 2
     if outside:
         return math.inf, OUTSIDE
     value = 0.0
-    for c in range(1 << n):
-        wt = 1.0
-        row = 0
-        for d in range(n):
-            if (c >> d) & 1:
-                wt *= w[d]
-                row += off1[d]
-            else:
-                wt *= 1.0 - w[d]
-                row += off0[d]
-        if wt == 0.0:
-            continue
-        value += wt * packed[row, 0]
-        if want_grad:
+    if want_grad:
+        for c in range(width):
+            wt = wts[c]
+            r = rows[c]
+            value += wt * packed[r, 0]
             for k in range(n):
-                grad_out[k] += wt * packed[row, k + 1]
+                grad_out[k] += wt * packed[r, k + 1]
+    else:
+        for c in range(width):
+            value += wts[c] * packed[rows[c], 0]
     return value - shift, OK
 
 
@@ -173,10 +172,10 @@ def interp_batch(packed, lo, inv_dx, npts, periodic, strides, states, shift, wan
     """
     n = states.shape[1]
     g = np.empty(n)
-    isc, wsc = make_scratch(n)
+    rows, wts = make_scratch(n)
     first_bad = -1
     for p in range(states.shape[0]):
-        v, st = interp_point(packed, lo, inv_dx, npts, periodic, strides, states[p], shift, want_grad, g, isc, wsc)
+        v, st = interp_point(packed, lo, inv_dx, npts, periodic, strides, states, p, shift, want_grad, g, rows, wts)
         values[p] = v
         status[p] = st
         if want_grad:

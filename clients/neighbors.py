@@ -1,7 +1,7 @@
 """Neighbours within a radius via a uniform cell list (numba): O(N + pairs), never all pairs.
 
 `neighbor_lists(positions, radius)` returns a CSR structure: the neighbours of agent i are
-``indices[indptr[i]:indptr[i + 1]]`` (ascending, i itself excluded, distance <= radius).
+``indices[indptr[i]:indptr[i + 1]]`` (in cell order, not sorted; i itself excluded, distance <= radius).
 """
 
 from __future__ import annotations
@@ -84,8 +84,6 @@ def neighbor_lists(pos, radius):
                             else:
                                 indices[k] = j
                                 k += 1
-            if sweep == 1:
-                indices[indptr[i]:k].sort()
     return indptr, indices
 
 

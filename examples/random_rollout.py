@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--store", default=None, help="value-function store for the layered filter")
+    ap.add_argument("--spec", default=None, help="value-function spec in the store (default: the model name)")
     ap.add_argument("--filter", default="layered", choices=["layered", "ecbf", "braking", "none"])
     ap.add_argument("--penalty-weight", type=float, default=1.0)
     args = ap.parse_args(argv)
@@ -41,28 +42,30 @@ def main(argv=None) -> int:
 
     # --- hook: the filter (rebuilt by the curriculum whenever d changes) and R_c(d)
     def filter_factory(d):
-        return make_filter(args.filter, model, store=args.store, safety_distance=d)
+        kw = {"spec": args.spec} if args.filter == "layered" else {}
+        return make_filter(args.filter, model, store=args.store, safety_distance=d, **kw)
 
-    conflict_range_fn = None
+    # --- hook: R_c(d) from the store's worst-case value function (the paper's value for the baselines)
     if args.filter == "layered":
         from clients import ValueFunction
         from clients.sim.baselines import open_store
 
-        worst = ValueFunction.load(open_store(args.store), f"{model.name}/worst_case")
-        if worst.safety_distance is None:
-            conflict_range_fn = worst.conflict_range
-    # --- hook: the curriculum (here over this short rollout: off for the first quarter, then d in 4 steps)
-    from clients import training
+        worst = ValueFunction.load(open_store(args.store), f"{args.spec or model.name}/worst_case")
+        conflict_range_fn = worst.conflict_range
+    else:
+        from clients.sim.scenarios import make_scenario
 
-    schedule = training.CurriculumSchedule(total_steps=args.steps, target_safety_distance=target_d)
+        rc0 = make_scenario(args.scenario, seed=args.seed).conflict_range
+        conflict_range_fn = (lambda d: rc0 * d / target_d)
+    # --- hook: the curriculum (here compressed into this short rollout: filter off for the first 30 %, then on
+    # with d = target / 2, then target; R_c follows d)
+    from clients.training import CurriculumSchedule
 
-    def curriculum(step):
-        stage = schedule(step)
-        return stage.filter_on, stage.safety_distance
-
+    schedule = CurriculumSchedule(total_steps=args.steps, target_distance=target_d, conflict_range=conflict_range_fn,
+                                  n_stages=2)
     layer = SafetyLayer(model, filter=filter_factory(target_d), safety_distance=target_d,
-                        penalty_weight=args.penalty_weight, curriculum=curriculum, filter_factory=filter_factory,
-                        conflict_range_fn=conflict_range_fn)
+                        conflict_range=conflict_range_fn(target_d), penalty_weight=args.penalty_weight,
+                        curriculum=schedule, filter_factory=filter_factory)
     safe_env = SafeParallelEnv(env, NavigationAdapter(model), layer)
 
     rng = np.random.default_rng(args.seed)
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
                   f"min sep={m['min_separation']:.3g} m penalty={m['penalty_sum']:.3f}")
     n = max(totals["agent_steps"], 1)
     print(f"total reward {totals['reward']:.2f}; interventions {100 * totals['interventions'] / n:.1f} %, "
-          f"near-collisions {100 * totals['near_collisions'] / n:.2f} % (at the current d), "
+          f"near-collisions {100 * totals['near_collisions'] / n:.2f} % (at the target d), "
           f"conflicts {100 * totals['conflicts'] / n:.1f} % of {n} agent-steps")
     return 0
 

@@ -226,9 +226,11 @@ def cmd_run(args) -> int:
             compute_spec(spec, store, overwrite=False, progress=not args.quiet)
     print(f"store {store.root}:")
     cmd_list(args)
-    if not hasattr(args, "store") or args.store is None:
+    if getattr(args, "store", None) is None:
         args.store = str(store.root)
     module = args._delegate_module
+    if module is None:
+        raise RuntimeError(args._delegate_problem)
     return int(module.run(args) or 0)
 
 
@@ -276,7 +278,7 @@ def build_parser(delegate_for: str | None = None) -> argparse.ArgumentParser:
 
     for command, help_text in (("serve", "serve the store over HTTP (service.cli)"),
                                ("simulate", "run the multi-agent simulator (clients.sim.cli)")):
-        p = sub.add_parser(command, help=help_text, add_help=delegate_for != command)
+        p = sub.add_parser(command, help=help_text)
         if delegate_for == command:
             module = _delegate_module(command)
             module.add_arguments(p)
@@ -284,15 +286,19 @@ def build_parser(delegate_for: str | None = None) -> argparse.ArgumentParser:
         else:
             p.set_defaults(func=None)
 
-    p = sub.add_parser("run", help="compute the default specs if missing, print a summary, then serve",
-                       add_help=delegate_for != "run")
+    p = sub.add_parser("run", help="compute the default specs if missing, print a summary, then serve")
     p.add_argument("--quiet", action="store_true", help="no progress bar while computing")
     if delegate_for == "run":
-        module = _delegate_module("serve")
-        module.add_arguments(p)
+        try:
+            module = _delegate_module("serve")
+        except RuntimeError as exc:  # still compute and summarise; serving then fails with this message
+            module, problem = None, str(exc)
+        else:
+            module.add_arguments(p)
+            problem = None
         if "--store" not in p._option_string_actions:
             _add_store(p)
-        p.set_defaults(func=cmd_run, _delegate_module=module)
+        p.set_defaults(func=cmd_run, _delegate_module=module, _delegate_problem=problem)
     else:
         p.set_defaults(func=None)
     return parser

@@ -9,9 +9,12 @@ unless ``overwrite``; one published from a different spec is an ``ExistsError`` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import fcntl
 import importlib.metadata
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -19,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from reach.spec import Spec, load_spec
-from reach.store import ExistsError, Store, jsonable, open_store
+from reach.store import ExistsError, Store, StoreError, jsonable, open_store
 
 __all__ = ["GameOutcome", "compute_spec", "compute", "build_dataset", "SIGN_CONVENTION", "package_versions"]
 
@@ -200,6 +203,29 @@ def compute_spec(spec: Spec | str, store: Store | str | None = None, overwrite: 
         store = open_store(store)
     log = log or (lambda msg: print(msg, file=sys.stderr))
 
+    with _compute_lock(store, spec.name):
+        return _compute_locked(spec, store, overwrite, progress, log)
+
+
+@contextlib.contextmanager
+def _compute_lock(store: Store, spec_name: str):
+    """One `reach compute` per spec and store at a time (they would share checkpoints)."""
+    lock_dir = store.root / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{spec_name}.compute.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"another 'reach compute' of spec {spec_name!r} is running on {str(store.root)!r}") \
+                from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _compute_locked(spec: Spec, store: Store, overwrite: bool, progress: bool,
+                    log: Callable[[str], None]) -> list[GameOutcome]:
     names = {g: spec.value_function_name(g) for g in spec.games}
     todo: dict[str, bool] = {}
     for game, name in names.items():

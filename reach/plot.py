@@ -134,10 +134,10 @@ def plot_safe_set(ds, out, slices: Sequence[dict[str, float]], safety_distance: 
             ax.contourf(x, y, vd.T, levels=[np.nanmin(vd) - 1.0, np.nanmax(vd) + 1.0], colors=[color], alpha=0.18)
         label = ", ".join(_label(dim, float(sl[dim]), units.get(dim, "")) for dim in names[2:])
         handles.append(Line2D([], [], color=color, lw=1.8, label=f"{label} (unsafe inside)"))
-    ax.add_patch(Circle((0.0, 0.0), d, fill=False, ls="--", lw=1.2, color="k"))
+    ax.add_patch(Circle((0.0, 0.0), d, fill=False, ls="--", lw=1.2, color="k", zorder=5))
     handles.append(Line2D([], [], color="k", ls="--", label=f"d = {d:g} m"))
     if rc is not None:
-        ax.add_patch(Circle((0.0, 0.0), rc, fill=False, ls=":", lw=1.5, color="tab:red"))
+        ax.add_patch(Circle((0.0, 0.0), rc, fill=False, ls=":", lw=1.5, color="tab:red", zorder=5))
         handles.append(Line2D([], [], color="tab:red", ls=":", label=f"R_c = {rc:g} m"))
     ax.plot([0.0], [0.0], marker="o", color="k", ms=4)
     ax.set_xlim(x[0], x[-1])

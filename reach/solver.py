@@ -248,7 +248,7 @@ def solve(model: Model, grid_spec: GridSpec, game: str, settings: SolverSettings
                "{postfix}]")
     n_steps_total = 0
     order = INTEGRATORS[settings.integrator]
-    scheme = getattr(hj.finite_differences.upwind_first, settings.scheme)
+    scheme = settings.scheme
     # A cooperative chunk stops early once converged; the worst-case game always runs to T_e.
     tol = settings.tolerance if game == "cooperative" else -1.0
     for chunk in chunks:
@@ -309,12 +309,12 @@ def _advance_fn():
         coeffs = max_rate_components(terms, s) if local else tuple(alpha[i] for i in range(grid.ndim))
 
         def rate(v):
-            left, right = grid.upwind_grad_values(scheme, v)
-            p = tuple((left[..., i] + right[..., i]) / 2 for i in range(grid.ndim))
+            left, right = _upwind_grads(grid, scheme, v)
+            p = tuple((l + r) / 2 for l, r in zip(left, right))
             h = hamiltonian_components(terms, game, gamma, s, v, p)
             # Lax-Friedrichs: dissipation alpha_i (p+_i - p-_i) / 2 (backward time: it is added).
-            for i in range(grid.ndim):
-                h = h + coeffs[i] * (right[..., i] - left[..., i]) / 2
+            for c, l, r in zip(coeffs, left, right):
+                h = h + c * (r - l) / 2
             return h
 
         def euler(v):
@@ -347,3 +347,68 @@ def _advance_fn():
 
 def _advance(*args, **kwargs):
     return _advance_fn()(*args, **kwargs)
+
+
+# ---- upwind derivatives along one axis of the whole grid -------------------------------------------------------
+# hj's `Grid.upwind_grad_values` vmaps a 1-D scheme over every line of the grid; the same arithmetic written with
+# slices along an axis of the N-D array fuses better in XLA (measured 75 ms vs 92 ms per gradient on 31^4) and
+# gives bit-identical results (tests/test_solver.py). WENO order k: WENO1 = first order, WENO3, WENO5.
+_WENO_ORDER = {"first_order": 1, "WENO3": 2, "WENO5": 3}
+
+
+def _upwind_grads(grid, scheme: str, values):
+    """(left, right): tuples of per-axis one-sided derivative arrays, each of the grid shape."""
+    import hj_reachability as hj
+
+    bcs = hj.boundary_conditions
+    fast = scheme in _WENO_ORDER and all(bc in (bcs.periodic, bcs.extrapolate_away_from_zero)
+                                         for bc in grid.boundary_conditions)
+    if not fast:  # ENO schemes, other boundary conditions: hj's own implementation
+        left, right = grid.upwind_grad_values(getattr(hj.finite_differences.upwind_first, scheme), values)
+        return tuple(left[..., i] for i in range(grid.ndim)), tuple(right[..., i] for i in range(grid.ndim))
+    pairs = [_weno_axis(_WENO_ORDER[scheme], values, grid.spacings[i], bc is bcs.periodic, i)
+             for i, bc in enumerate(grid.boundary_conditions)]
+    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+
+def _pad_axis(v, pad: int, axis: int, periodic: bool):
+    """hj's boundary padding along `axis`: periodic wrap, or extrapolation away from zero with the end slope."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    n = v.shape[axis]
+    sl = lambda a, b: lax.slice_in_dim(v, a, b, axis=axis)  # noqa: E731
+    if periodic:
+        return jnp.concatenate([sl(n - pad, n), v, sl(0, pad)], axis)
+    shape = [1] * v.ndim
+    shape[axis] = pad
+    k = jnp.arange(1, pad + 1, dtype=v.dtype).reshape(shape)
+    first, second, before_last, last = sl(0, 1), sl(1, 2), sl(n - 2, n - 1), sl(n - 1, n)
+    lo = first + jnp.sign(first) * jnp.abs(second - first) * jnp.flip(k, axis)
+    hi = last + jnp.sign(last) * jnp.abs(last - before_last) * k
+    return jnp.concatenate([lo, v, hi], axis)
+
+
+def _weno_axis(k: int, values, spacing, periodic: bool, axis: int):
+    """hj_reachability's upwind WENO of ENO order k (same coefficients, same epsilon) along `axis`."""
+    from hj_reachability.finite_differences import upwind_first as uf
+    from jax import lax
+
+    v = _pad_axis(values, k, axis, periodic)
+    length = lambda a: a.shape[axis]  # noqa: E731
+    cut = lambda a, b, e: lax.slice_in_dim(a, b, e, axis=axis)  # noqa: E731
+
+    def correlate(a, coefs):
+        n = length(a) - len(coefs) + 1
+        return sum(cut(a, i, i + n) * c for i, c in enumerate(coefs))
+
+    diffs = (cut(v, 1, length(v)) - cut(v, 0, length(v) - 1)) / spacing
+    if k == 1:
+        return cut(diffs, 0, length(diffs) - 1), cut(diffs, 1, length(diffs))
+    subs = tuple(correlate(cut(diffs, i, length(diffs) - k + i), c) for i, c in enumerate(uf._diff_coefficients(k)))
+    d2 = cut(diffs, 1, length(diffs)) - cut(diffs, 0, length(diffs) - 1)
+    smooth = [sum(correlate(cut(d2, i + j, length(d2) - k + i + 1), chol[j:, j]) ** 2 for j in range(k - 1))
+              for i, chol in enumerate(np.linalg.cholesky(uf._smoothness_indicator_quad_form(k)))]
+    weights = [[c / (cut(s, i, length(s) + i - 1) + uf.WENO_EPS) ** 2 for c, s in zip(coefs, smooth)]
+               for i, coefs in enumerate(uf._substencil_coefficients(k))]
+    return tuple(sum(w * a for w, a in zip(ws, subs[i:k + i])) / sum(ws) for i, ws in enumerate(weights))

@@ -22,8 +22,8 @@ Format (all lengths in m, times in s, angles in rad)::
 
     [solver]                                # reach.solver.SolverSettings
     scheme = "WENO3"                        # upwind scheme: first_order, ENO2, ENO3, WENO3, WENO5
-    # integrator = "RK3"                    # optional: RK1, RK2, RK3 (TVD Runge-Kutta)
-    # dissipation = "global"                # optional: global | local Lax-Friedrichs coefficients
+    # integrator = "RK3"                    # optional (solver default): RK1, RK2, RK3 (TVD Runge-Kutta)
+    # dissipation = "local"                 # optional (solver default): global | local Lax-Friedrichs
     cfl = 0.75                              # CFL number in (0, 1]
     tolerance = 1e-3                        # m: convergence tolerance of the cooperative game
     window = 1.0                            # s: convergence window
@@ -295,6 +295,7 @@ def parse_spec(data: dict, path: str | Path = "<spec>", name: str | None = None)
     elif sd != sorted(set(sd)):
         errors.append("conflict.safety_distances: must be strictly increasing")
 
+    resolved: dict[str, Any] = {}
     if not errors:
         from reach.solver import SolverSettings
 
@@ -302,7 +303,10 @@ def parse_spec(data: dict, path: str | Path = "<spec>", name: str | None = None)
             kw = s.model_dump(exclude_none=True)
             if "snapshot_horizons" in kw:
                 kw["snapshot_horizons"] = tuple(kw["snapshot_horizons"])
-            SolverSettings(**kw)
+            settings = SolverSettings(**kw)
+            # the solver's defaults for what the spec leaves out become part of the spec (and of its hash)
+            resolved = {k: getattr(settings, k) for k in ("integrator", "dissipation", "chunk")
+                        if getattr(s, k) is None}
         except (TypeError, ValueError) as exc:
             errors.append(f"solver: {exc}")
 
@@ -312,6 +316,7 @@ def parse_spec(data: dict, path: str | Path = "<spec>", name: str | None = None)
     data_norm = config.model_dump(mode="python")
     data_norm["grid"] = {dim: grid[dim] for dim in model.state_names}
     data_norm["conflict"]["safety_distances"] = [float(x) for x in sd]
+    data_norm["solver"].update(resolved)
     config = SpecConfig.model_validate(data_norm)
     return Spec(name=name, path=path, config=config, hash=spec_hash(config), model=model)
 

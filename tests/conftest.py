@@ -36,6 +36,15 @@ def _tiny_store_key() -> str:
     return h.hexdigest()[:16]
 
 
+def _remove_stale(keep: Path, max_age_s: float = 24 * 3600) -> None:
+    """Drop tiny stores of older code versions (untouched for a day)."""
+    import time
+
+    for old in keep.parent.glob("reach-tiny-store-*"):
+        if old.is_dir() and old != keep and time.time() - old.stat().st_mtime > max_age_s:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def build_tiny_store() -> Path:
     """Compute (or reuse) the shared tiny store; returns its path."""
     from reach.compute import compute_spec
@@ -53,6 +62,7 @@ def build_tiny_store() -> Path:
                 for path in TINY_SPECS:
                     compute_spec(load_spec(path), store, progress=False, log=lambda msg: None)
                 done.write_text("ok\n")
+                _remove_stale(root)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     return root

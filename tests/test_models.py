@@ -21,9 +21,13 @@ BOXES = {  # relative-state boxes the grids use
 def random_states(name, rng, n):
     lo, hi = BOXES[name]
     s = rng.uniform(lo, hi, size=(n, len(lo)))
-    if name == "air_taxi":  # put some speeds exactly at the bounds (state-dependent controls)
+    # Put some states exactly at the speed bounds (state-dependent controls).
+    if name == "air_taxi":
         s[: n // 4, 3] = air_taxi.V_MAX
         s[n // 4: n // 2, 4] = air_taxi.V_MIN
+    else:
+        s[: n // 4, 2] = 2 * quadrotor.V_MAX
+        s[n // 4: n // 2, 3] = -2 * quadrotor.V_MAX
     return s
 
 

@@ -35,7 +35,7 @@ class Const:
     def __init__(self, u):
         self.u = np.asarray(u, float)
 
-    def __call__(self, model, states, target, speed):
+    def __call__(self, model, states, target, speed, heading=None, ids=None):
         return np.broadcast_to(self.u, (states.shape[0], self.u.shape[-1])).copy()
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from reach.store import (Checkpointer, ExistsError, IntegrityError, UnknownValueFunctionError, content_hash,
+from reach.store import (ExistsError, IntegrityError, UnknownValueFunctionError, content_hash,
                          open_store)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,12 +9,14 @@ from gymnasium.utils.env_checker import check_env
 from pettingzoo.test import parallel_api_test
 
 from clients.sim.baselines import make_filter
+from clients.sim.scenarios import AIR_TAXI_CONFLICT_RANGE, QUAD_CONFLICT_RANGE
 from clients.sim.wrappers import (NavigationAdapter, NavigationEnv, NavigationParallelEnv, SafeJointEnv,
                                   SafeParallelEnv, SafetyLayer, SafeVectorEnv, make_navigation_vector_env)
 
 
 def _layer(model, name="ecbf", **kw):
-    return SafetyLayer(model, filter=make_filter(name, model), **kw)
+    rc = QUAD_CONFLICT_RANGE if model.name == "quadrotor" else AIR_TAXI_CONFLICT_RANGE
+    return SafetyLayer(model, filter=make_filter(name, model), conflict_range=rc, **kw)
 
 
 @pytest.mark.parametrize("scenario", ["random", "merge"])
@@ -56,6 +58,8 @@ def test_wrapper_filters_actions_and_reports():
 
 
 def test_curriculum_hook_switches_filter_and_distance():
+    from clients.training import CurriculumSchedule
+
     env = NavigationParallelEnv("random", seed=0)
     model = env.model
     built = []
@@ -64,19 +68,52 @@ def test_curriculum_hook_switches_filter_and_distance():
         built.append(d)
         return make_filter("braking", model, safety_distance=d)
 
-    layer = SafetyLayer(model, filter=factory(0.0), safety_distance=0.0,
-                        curriculum=lambda step: (step >= 5, min(0.5, 0.1 * (step // 5))), filter_factory=factory,
-                        conflict_range_fn=lambda d: 2 * d)
+    schedule = CurriculumSchedule(total_steps=20, target_distance=0.5, conflict_range=lambda d: 2 * d,
+                                  filter_start=0.25, n_stages=3)
+    layer = SafetyLayer(model, filter=factory(0.5), safety_distance=0.5, conflict_range=1.0, curriculum=schedule,
+                        filter_factory=factory)
     safe = SafeParallelEnv(env, NavigationAdapter(model), layer)
     safe.reset(seed=0)
-    for t in range(12):
-        acts = {a: np.zeros(2, np.float32) for a in safe.agents}
-        safe.step(acts)
-        if t < 5:
-            assert safe.last_metrics["filter_on"] is False
-    assert safe.last_metrics["filter_on"] is True
-    assert layer.safety_distance == pytest.approx(0.2) and layer.conflict_range == pytest.approx(0.4)
-    assert built == [0.0, 0.1, 0.2]
+    seen = []
+    for t in range(20):
+        safe.step({a: np.zeros(2, np.float32) for a in safe.agents})
+        seen.append((safe.last_metrics["filter_on"], round(safe.last_metrics["safety_distance"], 6)))
+    assert seen[0][0] is False and seen[4][0] is False and seen[5][0] is True
+    assert [d for on, d in seen if on][0] == pytest.approx(0.5 / 3, abs=1e-6)
+    assert seen[-1] == (True, 0.5)
+    assert layer.conflict_range == pytest.approx(1.0)
+    assert built == [0.5, 0.5 / 3, 1.0 / 3, 0.5]
+
+
+def test_penalty_added_to_rewards():
+    """Three agents converging on one point: with w > 0 the wrapper's rewards are lower by the penalty."""
+    from clients.training import agent_positions_velocities, conflict_penalty
+
+    def run(weight):
+        env = NavigationParallelEnv("random", seed=0)
+        core = env.core
+        x0 = np.array([[-0.6, 0.0, 0.3, 0.0], [0.6, 0.0, -0.3, 0.0], [0.0, 0.6, 0.0, -0.3], [1.8, 1.8, 0, 0]])
+        sc = core.sim.scenario.with_(initial_states=x0)
+        core.sim.scenario = sc
+        layer = SafetyLayer(env.model, filter=None, safety_distance=0.5, conflict_range=1.0, penalty_weight=weight)
+        safe = SafeParallelEnv(env, NavigationAdapter(env.model), layer)
+        safe.reset(seed=0)
+        core.sim.scenario = sc
+        core.sim.reset()
+        core._prev_dist = core._dist()
+        before = core.sim.states.copy()
+        _, rew, _, _, infos = safe.step({a: np.zeros(2, np.float32) for a in safe.agents})
+        return rew, infos, core.sim.states.copy(), before
+
+    r0, _, states, _ = run(0.0)
+    r1, infos, states1, _ = run(2.0)
+    np.testing.assert_allclose(states, states1)
+    pos, vel = agent_positions_velocities("quadrotor", states)
+    expect = conflict_penalty(pos, vel, 0.5, 1.0, 2.0)
+    assert expect[:3].min() < 0 and expect[3] == 0
+    for i, a in enumerate(sorted(r0)):
+        assert r1[a] - r0[a] == pytest.approx(expect[i])
+        assert infos[a]["safety"]["penalty"] == pytest.approx(expect[i])
 
 
 def test_vector_env_wrapper():

@@ -104,10 +104,13 @@ def quadrotor_random(seed: int = 0, n_agents: int = 4, n_waypoints: int = 2, wor
     margin = 0.25
     start = _sample_separated(rng, n_agents, -h + margin, h - margin, 2 * QUAD_SAFETY_DISTANCE)
     wps = np.empty((n_agents, n_waypoints, 2))
+    # goals are where agents stop and hover: keep them apart from each other, and keep every intermediate
+    # waypoint 2 d away from all goals (else a hovering agent could block another's waypoint for good)
+    goals = _sample_separated(rng, n_agents, -h + margin, h - margin, 2 * QUAD_SAFETY_DISTANCE)
+    wps[:, -1] = goals
     for w in range(n_waypoints - 1):
-        wps[:, w] = rng.uniform(-h + margin, h - margin, size=(n_agents, 2))
-    # goals are where agents stop and hover: keep them apart from each other
-    wps[:, -1] = _sample_separated(rng, n_agents, -h + margin, h - margin, 2 * QUAD_SAFETY_DISTANCE)
+        for i in range(n_agents):
+            wps[i, w] = _sample_separated(rng, 1, -h + margin, h - margin, 2 * QUAD_SAFETY_DISTANCE, avoid=goals)[0]
     return _quad_scenario("random", seed, start, wps, world, max_time,
                           f"{n_agents} quadrotors, {n_waypoints} random waypoints each, {world:g} m world")
 
@@ -198,12 +201,16 @@ def _air_taxi_states(origin: np.ndarray, first_wp: np.ndarray, speed: float) -> 
 
 
 def air_taxi_merge(seed: int = 0, n_routes: int = 8, departure_window: float = 60.0,
-                   route_length: float = 14000.0, max_time: float = 1200.0) -> Scenario:
-    """Eight routes from the north/east merge at M = (0, 0) into one westbound corridor (2 more waypoints)."""
+                   route_length: tuple[float, float] = (12000.0, 24000.0), max_time: float = 1500.0) -> Scenario:
+    """Eight routes from vertiports to the north/east merge at M = (0, 0) into one westbound corridor (2 more
+    waypoints, 3.5 km apart). The vertiports lie ``route_length`` km from M (evenly spread lengths, randomly
+    assigned to the routes, +-500 m jitter); one aircraft per route departs at a uniform random time in the
+    departure window."""
     rng = np.random.default_rng(seed)
     spacing = 3500.0
     bearings = np.deg2rad(np.linspace(0.0, 120.0, n_routes))  # where the routes come from (0 = east)
-    dist = route_length + rng.uniform(-1000.0, 1000.0, size=n_routes)
+    dist = np.linspace(route_length[0], route_length[1], n_routes)[rng.permutation(n_routes)]
+    dist = dist + rng.uniform(-500.0, 500.0, size=n_routes)
     dirs = np.column_stack([np.cos(bearings), np.sin(bearings)])
     origin = dirs * dist[:, None]
     merge = np.zeros(2)
@@ -213,11 +220,10 @@ def air_taxi_merge(seed: int = 0, n_routes: int = 8, departure_window: float = 6
     wps[:, 2] = merge
     wps[:, 3] = merge + np.array([-spacing, 0.0])
     wps[:, 4] = merge + np.array([-2 * spacing, 0.0])
-    dep = np.sort(rng.uniform(0.0, departure_window, size=n_routes))
-    dep = dep[rng.permutation(n_routes)]
+    dep = rng.uniform(0.0, departure_window, size=n_routes)
     heading = _leg_headings(origin, wps)
     speed = np.full((n_routes, 5), AIR_TAXI_NOMINAL_SPEED)
-    ext = route_length + 2000.0
+    ext = float(dist.max()) + 2000.0
     return Scenario(name="merge", model="air_taxi", initial_states=_air_taxi_states(origin, wps[:, 0],
                     AIR_TAXI_NOMINAL_SPEED), waypoints=wps, waypoint_heading=heading, waypoint_speed=speed,
                     departure_times=dep, max_time=max_time, bounds=(-2 * spacing - 2000, ext, -3000, ext),

@@ -173,10 +173,13 @@ class Simulator:
         self.result = EpisodeResult(scenario=sc.name, model=sc.model, filter=getattr(self.filter, "name", "none"),
                                     seed=sc.seed, n_agents=n, safety_distance=sc.safety_distance,
                                     conflict_range=self.conflict_range, waypoints=sc.waypoints, bounds=sc.bounds)
+        self._update_waypoints()
         self._times = [0.0]
         self._positions = [self._masked_positions()]
         if hasattr(self.filter, "reset"):
             self.filter.reset()
+        if hasattr(self.controller, "reset"):
+            self.controller.reset()
 
     @property
     def departed(self) -> np.ndarray:
@@ -208,8 +211,8 @@ class Simulator:
 
     def nominal_controls(self, idx: np.ndarray | None = None) -> np.ndarray:
         idx = np.flatnonzero(self.active) if idx is None else idx
-        target, _, speed = self.current_targets(idx)
-        return self.controller(self.model, self.states[idx], target, speed)
+        target, heading, speed = self.current_targets(idx)
+        return self.controller(self.model, self.states[idx], target, speed, heading, idx)
 
     def _update_waypoints(self) -> None:
         sc = self.scenario
@@ -230,11 +233,11 @@ class Simulator:
 
     # ------------------------------------------------------------------ stepping
     def step(self, controls: np.ndarray | None = None) -> dict[str, Any]:
-        """Advance one decision period. ``controls`` (n_active, m) replaces the nominal controller's output
-        (it still goes through the filter). Returns per-step diagnostics for the agents in the airspace."""
+        """Advance one decision period. ``controls`` (n_active, m), rows in the order of
+        ``np.flatnonzero(self.active)``, replaces the nominal controller's output (it still goes through the
+        filter). Returns per-step diagnostics for the agents in the airspace."""
         res = self.result
         t0 = time.perf_counter()
-        self._update_waypoints()
         idx = np.flatnonzero(self.active)
         info: dict[str, Any] = {"active": idx}
         if idx.size == 0:

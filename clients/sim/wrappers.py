@@ -50,10 +50,13 @@ class StateAdapter(Protocol):
 class SafetyLayer:
     """Filter + curriculum + potential-conflict penalty + metrics, independent of the env API.
 
-    ``filter``: object with ``.filter(states, controls) -> (safe, info)`` (e.g. ``clients.LayeredSafetyFilter``
-    or a baseline). ``curriculum``: callable ``step -> (filter_on: bool, safety_distance: float)`` or None
-    (always on at the filter's distance); when d changes, ``filter_factory(d)`` rebuilds the filter (and
-    ``conflict_range_fn(d)`` gives R_c(d)). ``penalty_weight`` w > 0 adds the potential-conflict penalty.
+    ``filter``: object with ``.filter(states, controls) -> (safe, info)`` (:class:`clients.sim.LayeredFilter`
+    wraps ``clients.LayeredSafetyFilter``; the baselines work too). ``safety_distance`` / ``conflict_range``: the
+    target d and R_c(d) (the metrics always use these, so numbers stay comparable across curriculum stages).
+    ``curriculum``: a ``clients.training.CurriculumSchedule`` (or any callable ``step -> CurriculumStage`` /
+    ``(filter_on, d)``), or None (filter always on at the target d); when the stage's d changes,
+    ``filter_factory(d)`` rebuilds the filter. ``penalty_weight`` w > 0 adds the potential-conflict penalty
+    (``clients.training.conflict_penalty``, paper eq. 17) at the stage's d and R_c while the filter is on.
     """
 
     model: Any
@@ -61,34 +64,48 @@ class SafetyLayer:
     safety_distance: float | None = None
     conflict_range: float | None = None
     penalty_weight: float = 0.0
-    curriculum: Callable[[int], tuple[bool, float]] | None = None
+    curriculum: Any = None
     filter_factory: Callable[[float], Any] | None = None
     conflict_range_fn: Callable[[float], float] | None = None
     steps: int = 0
-    filter_on: bool = True
 
     def __post_init__(self):
+        from clients.training import SafetyCounters
+
         if self.safety_distance is None:
             self.safety_distance = float(getattr(self.filter, "safety_distance", None) or self.model.safety_distance)
         if self.conflict_range is None:
-            self.conflict_range = (self.conflict_range_fn(self.safety_distance) if self.conflict_range_fn
-                                   else 2.0 * self.safety_distance)
-        self._last_d = self.safety_distance
+            rc = getattr(self.filter, "conflict_range", None)
+            if self.conflict_range_fn is not None:
+                rc = self.conflict_range_fn(self.safety_distance)
+            if rc is None or not np.isfinite(rc):
+                raise ValueError("conflict_range unknown: pass conflict_range= or conflict_range_fn=")
+            self.conflict_range = float(rc)
+        self.target_distance = float(self.safety_distance)
+        self.target_conflict_range = float(self.conflict_range)
+        self.filter_on = True
+        self.stage = None
+        self.counters = SafetyCounters(self.target_distance, self.target_conflict_range)
+        self._built_d = self.target_distance
 
     def before_step(self) -> None:
-        """Hook 1: advance the curriculum (filter on/off, d and R_c)."""
+        """Hook 1: the curriculum (filter on/off, the stage's d and R_c; rebuilds the filter when d changes)."""
         if self.curriculum is None:
             return
-        on, d = self.curriculum(self.steps)
+        st = self.curriculum.at(self.steps) if hasattr(self.curriculum, "at") else self.curriculum(self.steps)
+        if isinstance(st, tuple):
+            on, d = st[0], float(st[1])
+            rc = self.conflict_range_fn(d) if (self.conflict_range_fn and on) else self.conflict_range
+        else:
+            on, d, rc = st.filter_on, float(st.safety_distance), float(st.conflict_range)
+        self.stage = st
         self.filter_on = bool(on)
-        d = float(d)
-        if d != self._last_d:
-            self.safety_distance = d
-            if self.filter_factory is not None:
-                self.filter = self.filter_factory(d)
-            if self.conflict_range_fn is not None:
-                self.conflict_range = float(self.conflict_range_fn(d))
-            self._last_d = d
+        if not self.filter_on:
+            return
+        self.safety_distance, self.conflict_range = d, float(rc)
+        if d != self._built_d and self.filter_factory is not None:
+            self.filter = self.filter_factory(d)
+            self._built_d = d
 
     def apply(self, states: np.ndarray, controls: np.ndarray) -> tuple[np.ndarray, dict]:
         """Hook 2: the filter. Returns safe controls and per-agent diagnostics."""
@@ -106,7 +123,10 @@ class SafetyLayer:
         return safe, diag
 
     def after_step(self, states: np.ndarray) -> dict[str, np.ndarray]:
-        """Hook 3: penalty (<= 0 per agent; 0 unless ``penalty_weight`` > 0) and metrics, after the env step."""
+        """Hook 3 (after the env step): penalty per agent (<= 0; 0 unless ``penalty_weight`` > 0 and the filter is
+        on) and the counters (near-collision / conflict at the target d and R_c)."""
+        from clients.training import agent_positions_velocities, conflict_penalty
+
         self.steps += 1
         states = np.asarray(states, float)
         n = states.shape[0]
@@ -114,21 +134,14 @@ class SafetyLayer:
             z = np.zeros(0)
             return {"penalty": z, "near_collision": z.astype(bool), "conflict": z.astype(bool),
                     "nearest": z, "n_in_conflict_range": z.astype(int)}
-        pos = np.ascontiguousarray(states[:, :2])
-        nearest, _, count = nearest_and_count(pos, float(self.conflict_range))
+        pos, vel = agent_positions_velocities(self.model, states)
+        near, n_rc = self.counters.update(pos)
         penalty = np.zeros(n)
-        if self.penalty_weight > 0 and n > 1:
-            penalty = potential_conflict_penalty(pos, world_velocity(self.model.name, states),
-                                                 self.safety_distance, self.conflict_range, self.penalty_weight)
-        return {"penalty": penalty, "near_collision": nearest < self.safety_distance, "conflict": count > 1,
-                "nearest": nearest, "n_in_conflict_range": count}
-
-
-def potential_conflict_penalty(pos, vel, safety_distance, conflict_range, weight):
-    """Paper eq. 17 through the client's training module (one implementation for the whole project)."""
-    from clients import training
-
-    return training.potential_conflict_penalty(pos, vel, safety_distance, conflict_range, weight)
+        if self.penalty_weight > 0 and self.filter_on and n > 1 and self.conflict_range > self.safety_distance:
+            penalty = conflict_penalty(pos, vel, self.safety_distance, self.conflict_range, self.penalty_weight)
+        nearest = nearest_and_count(pos, 0.0)[0] if n > 1 else np.full(n, np.inf)
+        return {"penalty": penalty, "near_collision": near, "conflict": n_rc > 1, "nearest": nearest,
+                "n_in_conflict_range": n_rc}
 
 
 # ------------------------------------------------------------------------------------------------ built-in envs
@@ -379,6 +392,7 @@ def _penalize_and_report(layer: SafetyLayer, ids, states_after, diag) -> dict:
             "near_collision": rep["near_collision"], "conflict": rep["conflict"], "nearest": rep["nearest"],
             "n_in_conflict_range": rep["n_in_conflict_range"], "filter_on": layer.filter_on,
             "safety_distance": layer.safety_distance, "conflict_range": layer.conflict_range,
+            "near_collision_pct": layer.counters.near_collision_pct, "conflict_pct": layer.counters.conflict_pct,
             "diagnostics": {k: v for k, v in diag.items() if k != "intervened"}}
 
 
@@ -452,7 +466,8 @@ def _summary(rep: dict) -> dict:
             "penalty_sum": float(np.sum(rep["penalty"])) if n else 0.0,
             "min_separation": float(np.min(rep["nearest"])) if n else float("inf"),
             "filter_on": rep["filter_on"], "safety_distance": rep["safety_distance"],
-            "conflict_range": rep["conflict_range"]}
+            "conflict_range": rep["conflict_range"], "near_collision_pct": rep["near_collision_pct"],
+            "conflict_pct": rep["conflict_pct"]}
 
 
 class SafeJointEnv(gym.Wrapper):

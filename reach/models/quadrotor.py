@@ -3,8 +3,11 @@
 Agent state (x, y, vx, vy) [m, m, m/s, m/s], control (ax, ay) [m/s^2] in [-0.5, 0.5]^2, speed |vx|, |vy| <= 1 m/s
 per axis. Relative state s = (px, py, vx, vy) = other - ego: p' = v, v' = a_b - a_a.
 
-Speed limits act per agent; the relative state does not carry the agents' own speeds, so the HJ Hamiltonian uses
-the full control boxes (this is also what makes the worst-case game reduce to pure drift, H = grad_p V . v).
+Speed limits act per agent; the relative state does not carry the agents' own speeds, so inside the relative
+velocity box the HJ Hamiltonian uses the full control boxes (this is what makes the worst-case game reduce to pure
+drift, H = grad_p V . v). At |v_rel| = 2 V_MAX on an axis both agents are at their limits (v_b = +-V_MAX,
+v_a = -+V_MAX), so the accelerations that would push |v_rel| further are unavailable there: the relative
+dynamics keep v_rel in its box and the grid never relies on values extrapolated beyond it.
 """
 
 import numpy as np
@@ -14,6 +17,7 @@ from reach.models.base import JaxTerms, Kernels, Model
 
 A_MAX = 0.5   # m/s^2 per axis
 V_MAX = 1.0   # m/s per axis per agent
+V_REL_EDGE = 2 * V_MAX - 1e-6  # m/s: |v_rel| this large means both agents are at their speed limits
 
 _F2 = float64[:, :]
 _F3 = float64[:, :, :]
@@ -60,11 +64,19 @@ def agent_control_bounds(x):
 
 @njit(types.UniTuple(_F2, 4)(_F2), cache=True)
 def relative_control_bounds(s):
-    """(N,4) -> lo_a, hi_a, lo_b, hi_b (N,2): the full boxes (agent speeds are not in the relative state)."""
+    """(N,4) -> lo_a, hi_a, lo_b, hi_b (N,2): full boxes, except at |v_rel| = 2 V_MAX (see module doc)."""
     n = s.shape[0]
-    lo = np.full((n, 2), -A_MAX)
-    hi = np.full((n, 2), A_MAX)
-    return lo, hi, lo.copy(), hi.copy()
+    lo_a, hi_a = np.full((n, 2), -A_MAX), np.full((n, 2), A_MAX)
+    lo_b, hi_b = np.full((n, 2), -A_MAX), np.full((n, 2), A_MAX)
+    for k in range(n):
+        for j in range(2):
+            if s[k, 2 + j] >= V_REL_EDGE:  # v_b = +V_MAX, v_a = -V_MAX
+                hi_b[k, j] = 0.0
+                lo_a[k, j] = 0.0
+            elif s[k, 2 + j] <= -V_REL_EDGE:  # v_b = -V_MAX, v_a = +V_MAX
+                lo_b[k, j] = 0.0
+                hi_a[k, j] = 0.0
+    return lo_a, hi_a, lo_b, hi_b
 
 
 @njit(cache=True)
@@ -102,8 +114,14 @@ def jax_affine(s):
 
 
 def jax_control_bounds(s):
-    lo, hi = (-A_MAX, -A_MAX), (A_MAX, A_MAX)
-    return lo, hi, lo, hi
+    """Components version of `relative_control_bounds`."""
+    import jax.numpy as jnp
+    _, _, vx, vy = s
+    lo_a = tuple(jnp.where(v >= V_REL_EDGE, 0.0, -A_MAX) for v in (vx, vy))
+    hi_a = tuple(jnp.where(v <= -V_REL_EDGE, 0.0, A_MAX) for v in (vx, vy))
+    lo_b = tuple(jnp.where(v <= -V_REL_EDGE, 0.0, -A_MAX) for v in (vx, vy))
+    hi_b = tuple(jnp.where(v >= V_REL_EDGE, 0.0, A_MAX) for v in (vx, vy))
+    return lo_a, hi_a, lo_b, hi_b
 
 
 def dissipation(lo, hi):

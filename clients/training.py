@@ -1,0 +1,193 @@
+"""Trainer helpers: the potential-conflict penalty (paper eq. 17), the curriculum schedule and safety counters.
+
+All pairwise work goes through the cell list of `clients.neighbors` (never all pairs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from numba import njit
+
+from clients.neighbors import neighbor_lists
+
+
+def agent_positions_velocities(model, states) -> tuple[np.ndarray, np.ndarray]:
+    """World-frame positions (N, 2) and velocities (N, 2) of agent states for `model` (a reach Model or name)."""
+    from reach.models import get_model
+    model = get_model(model) if isinstance(model, str) else model
+    x = np.asarray(states, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != model.n_agent_states:
+        raise ValueError(f"states must have shape (N, {model.n_agent_states}), got {x.shape}")
+    pos = np.ascontiguousarray(x[:, :2])
+    names = model.agent_state_names
+    if "vx" in names and "vy" in names:
+        vel = x[:, [names.index("vx"), names.index("vy")]]
+    elif "theta" in names and "v" in names:
+        th, v = x[:, names.index("theta")], x[:, names.index("v")]
+        vel = np.column_stack([v * np.cos(th), v * np.sin(th)])
+    else:
+        raise ValueError(f"model {model.name}: cannot derive velocities from {names}")
+    return pos, np.ascontiguousarray(vel)
+
+
+@njit(cache=True, nogil=True)
+def _penalty_kernel(pos, vel, d, rc, weight):
+    n = pos.shape[0]
+    out = np.zeros(n)
+    indptr, indices = neighbor_lists(pos, rc)
+    for i in range(n):
+        total = 0.0
+        count = 0
+        for e in range(indptr[i], indptr[i + 1]):
+            j = indices[e]
+            dx = pos[j, 0] - pos[i, 0]
+            dy = pos[j, 1] - pos[i, 1]
+            dij = math.sqrt(dx * dx + dy * dy)
+            if not dij < rc:
+                continue
+            count += 1
+            c = 1.0 - min(max((dij - d) / (rc - d), 0.0), 1.0)
+            if dij > 0.0:
+                closing = (dx * (vel[j, 0] - vel[i, 0]) + dy * (vel[j, 1] - vel[i, 1])) / dij
+            else:
+                closing = 0.0
+            total += c * abs(min(0.0, closing))
+        if count >= 2:
+            out[i] = -weight * total
+    return out
+
+
+def conflict_penalty(positions, velocities, safety_distance: float, conflict_range: float,
+                     weight: float = 1.0) -> np.ndarray:
+    """Potential-conflict penalty per agent (paper eq. 17 as the reference note states it) -> (N,) (<= 0).
+
+    For neighbours j with d_ij < R_c: c_ij = 1 - clip((d_ij - d) / (R_c - d), 0, 1),
+    closing speed cdot_ij = |min(0, <(p_j - p_i) / d_ij, v_j - v_i>)|, penalty_i = -w sum_j c_ij cdot_ij,
+    applied only when two or more neighbours are inside R_c (else 0).
+    """
+    pos = np.ascontiguousarray(np.asarray(positions, dtype=np.float64))
+    vel = np.ascontiguousarray(np.asarray(velocities, dtype=np.float64))
+    if pos.ndim != 2 or pos.shape[1] != 2 or vel.shape != pos.shape:
+        raise ValueError(f"positions and velocities must both have shape (N, 2), got {pos.shape}, {vel.shape}")
+    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(vel))):
+        raise ValueError("positions/velocities contain NaN or inf")
+    d, rc, w = float(safety_distance), float(conflict_range), float(weight)
+    if not (0.0 <= d < rc and math.isfinite(rc)):
+        raise ValueError(f"need 0 <= safety_distance < conflict_range, got d={d}, R_c={rc}")
+    return _penalty_kernel(pos, vel, d, rc, w)
+
+
+# --------------------------------------------------------------------------------------------- curriculum
+@dataclass(frozen=True)
+class CurriculumStage:
+    """What the trainer uses at one step."""
+    filter_on: bool
+    safety_distance: float    # m (0 while the filter is off)
+    conflict_range: float     # m, R_c(safety_distance) (0 while the filter is off)
+    stage: int                # 0 = filter off, 1..n_stages
+
+
+class CurriculumSchedule:
+    """Paper V-C1: the filter is off for the first part of training, then on, with the safety distance growing
+    from 0 to its target in steps; R_c follows d.
+
+    total_steps: training length; filter_start: fraction of training with the filter off; distances: the
+    safety distances of the filter-on stages (ascending, ending at the target; default n_stages equal steps
+    target/n, 2 target/n, ..., target); conflict_range: a `ValueFunction` with an R_c table or a callable
+    d -> R_c(d). Every stage's R_c is computed up front (an error names a d the table does not cover).
+    """
+
+    def __init__(self, total_steps: int, target_distance: float, conflict_range, filter_start: float = 0.3,
+                 n_stages: int = 4, distances: Sequence[float] | None = None):
+        self.total_steps = int(total_steps)
+        if self.total_steps < 1:
+            raise ValueError("total_steps must be >= 1")
+        if not 0.0 <= filter_start < 1.0:
+            raise ValueError("filter_start must be in [0, 1)")
+        target = float(target_distance)
+        if distances is None:
+            if int(n_stages) < 1:
+                raise ValueError("n_stages must be >= 1")
+            distances = [target * (k + 1) / int(n_stages) for k in range(int(n_stages))]
+        dist = [float(x) for x in distances]
+        if not dist or any(b < a for a, b in zip(dist, dist[1:])) or dist[0] <= 0 or \
+                not math.isclose(dist[-1], target):
+            raise ValueError(f"distances must be positive, ascending and end at the target {target}: {dist}")
+        rc_fn: Callable[[float], float] = conflict_range.conflict_range if hasattr(conflict_range,
+                                                                                    "conflict_range") \
+            else conflict_range
+        self.distances = tuple(dist)
+        self.conflict_ranges = tuple(float(rc_fn(x)) for x in dist)
+        self.filter_start_step = int(round(filter_start * self.total_steps))
+        self.n_stages = len(dist)
+
+    def at(self, step: int) -> CurriculumStage:
+        """The stage in force at training step `step` (0-based; steps past the end stay in the last stage)."""
+        step = int(step)
+        if step < 0:
+            raise ValueError("step must be >= 0")
+        if step < self.filter_start_step:
+            return CurriculumStage(False, 0.0, 0.0, 0)
+        on_steps = max(self.total_steps - self.filter_start_step, 1)
+        k = min((step - self.filter_start_step) * self.n_stages // on_steps, self.n_stages - 1)
+        return CurriculumStage(True, self.distances[k], self.conflict_ranges[k], k + 1)
+
+
+# ------------------------------------------------------------------------------------------------ counters
+@njit(cache=True, nogil=True)
+def _count_kernel(pos, d, rc):
+    n = pos.shape[0]
+    near = np.zeros(n, dtype=np.bool_)
+    n_rc = np.zeros(n, dtype=np.int64)
+    indptr, indices = neighbor_lists(pos, max(d, rc))
+    for i in range(n):
+        for e in range(indptr[i], indptr[i + 1]):
+            j = indices[e]
+            dx = pos[j, 0] - pos[i, 0]
+            dy = pos[j, 1] - pos[i, 1]
+            dij = math.sqrt(dx * dx + dy * dy)
+            if dij < d:
+                near[i] = True
+            if dij < rc:
+                n_rc[i] += 1
+    return near, n_rc
+
+
+class SafetyCounters:
+    """Near-collision and conflict counters over (agent, step) samples (the paper's metrics).
+
+    near-collision %: share of (agent, step) samples with another agent closer than d;
+    conflict %: share of (agent, step) samples with more than one other agent inside R_c.
+    """
+
+    def __init__(self, safety_distance: float, conflict_range: float):
+        self.safety_distance = float(safety_distance)
+        self.conflict_range = float(conflict_range)
+        if not (self.safety_distance > 0 and self.conflict_range > 0):
+            raise ValueError("safety_distance and conflict_range must be > 0")
+        self.samples = 0
+        self.near_collisions = 0
+        self.conflicts = 0
+
+    def update(self, positions) -> tuple[np.ndarray, np.ndarray]:
+        """Count one step of all agents' positions (N, 2); returns (near (N,) bool, n_in_rc (N,) int)."""
+        pos = np.ascontiguousarray(np.asarray(positions, dtype=np.float64))
+        if pos.ndim != 2 or pos.shape[1] != 2 or not np.all(np.isfinite(pos)):
+            raise ValueError("positions must be finite with shape (N, 2)")
+        near, n_rc = _count_kernel(pos, self.safety_distance, self.conflict_range)
+        self.samples += pos.shape[0]
+        self.near_collisions += int(near.sum())
+        self.conflicts += int((n_rc > 1).sum())
+        return near, n_rc
+
+    @property
+    def near_collision_pct(self) -> float:
+        return 100.0 * self.near_collisions / self.samples if self.samples else 0.0
+
+    @property
+    def conflict_pct(self) -> float:
+        return 100.0 * self.conflicts / self.samples if self.samples else 0.0
