@@ -51,6 +51,35 @@ def store_summary(store) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def findings(rows) -> list[str]:
+    """Plain statements computed from the measured rows (no numbers are typed in here)."""
+    out = []
+    by = {}
+    for r in rows:
+        by.setdefault(r.scenario, {})[r.filter] = r
+    lay_nc = [(s, f["layered"]) for s, f in by.items() if "layered" in f]
+    if lay_nc:
+        clean = [s for s, r in lay_nc if r.episodes_with_near_collision == 0]
+        dirty = [s for s, r in lay_nc if r.episodes_with_near_collision > 0]
+        out.append(f"- `layered`: no near-collision in {len(clean)} of {len(lay_nc)} scenarios"
+                   + (f" (near-collisions in: {', '.join(dirty)})." if dirty else "."))
+    for base in ("ecbf", "braking", "none"):
+        hit = [f"{s} {f[base].mean['near_collision_pct']:.3f} %" for s, f in by.items()
+               if base in f and f[base].episodes_with_near_collision > 0]
+        if hit:
+            out.append(f"- `{base}` near-collisions: " + ", ".join(hit) + ".")
+    for s, f in by.items():
+        if "layered" in f and "none" in f:
+            lay, blind = f["layered"], f["none"]
+            ratio = lay.mean["travel_time_s"] / blind.mean["travel_time_s"]
+            others = ", ".join(f"`{k}` {f[k].mean['travel_time_s']:.3g} s" for k in ("ecbf", "braking") if k in f)
+            out.append(f"- {s}: travel time under `layered` {lay.mean['travel_time_s']:.3g} s = {ratio:.2f}x the "
+                       f"safety-blind {blind.mean['travel_time_s']:.3g} s ({others}); min separation "
+                       f"{lay.min_separation_m:.3g} m vs d = {lay.safety_distance:.4g} m; unfinished episodes "
+                       f"{lay.episodes_not_finished}/{lay.episodes}.")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--episodes", type=int, default=25)
@@ -102,6 +131,7 @@ def main(argv=None) -> int:
              "sub-step.", "", "## Value functions used", "", "```json",
              json.dumps(store_summary(args.store), indent=1), "```", "", "## All scenarios", "",
              markdown_table(all_rows), ""]
+    lines += ["## Findings (generated from the table above)", ""] + findings(all_rows) + [""]
     lines += ["## Per scenario", ""]
     for name, rows, _res, notes, paths in sections:
         probe = make_scenario(name, seed=args.seed, **({"n_agents": args.dense_agents} if name == "dense" else {}))

@@ -6,7 +6,7 @@ import pytest
 
 from clients.sim.baselines import BrakingCBFFilter, ECBFFilter, make_filter, solve_box_qp2
 from clients.sim.metrics import aggregate, episode_metrics, markdown_table
-from clients.sim.nominal import waypoint_reached
+from clients.sim.nominal import QuadrotorTracker, waypoint_reached
 from clients.sim.scenarios import UnknownScenarioError, make_scenario
 from clients.sim.simulator import EpisodeResult, Simulator, nearest_and_count
 from reach.models import get_model
@@ -95,7 +95,7 @@ def test_nearest_and_count_hand_made():
 def test_separation_checked_at_substeps():
     """Two safety-blind quadrotors fly through each other: counted as near-collisions, min separation ~ 0."""
     sc = _pair_scenario("quadrotor", gap=3.0)
-    r = Simulator(sc, model=QUAD).run()
+    r = Simulator(sc, model=QUAD, controller=QuadrotorTracker(keep_right=0.0)).run()
     assert r.near_collision_steps > 0
     assert r.min_separation < 0.05
     assert r.min_separation_pair in [(0, 1), (1, 0)]
@@ -199,7 +199,8 @@ def test_box_qp_exact():
 
 @pytest.mark.parametrize("cls", [ECBFFilter, BrakingCBFFilter])
 def test_baselines_keep_a_head_on_pair_apart(cls):
-    r = Simulator(_pair_scenario("quadrotor", gap=3.0), model=QUAD, filter=cls(QUAD)).run()
+    r = Simulator(_pair_scenario("quadrotor", gap=3.0), model=QUAD, filter=cls(QUAD),
+                  controller=QuadrotorTracker(keep_right=0.0)).run()
     assert r.min_separation >= 0.95 * QUAD.safety_distance
     safe, info = cls(QUAD).filter(np.array([[0.0, 0, 0.5, 0], [0.8, 0, -0.5, 0]]), np.array([[0.5, 0], [-0.5, 0]]))
     assert safe[0, 0] < 0.5 and safe[1, 0] > -0.5  # both brake
@@ -218,3 +219,30 @@ def test_air_taxi_baseline_respects_state_dependent_bounds():
 def test_unknown_filter_named():
     with pytest.raises(KeyError, match="known"):
         make_filter("magic", QUAD)
+
+
+def test_keep_right_rule_resolves_head_on_deadlock():
+    """With a filter, two quadrotors meeting head-on deadlock without the keep-right rule and pass with it."""
+    sc = _pair_scenario("quadrotor", gap=3.0)
+    stuck = Simulator(sc, model=QUAD, filter=ECBFFilter(QUAD), controller=QuadrotorTracker(keep_right=0.0)).run()
+    passed = Simulator(sc, model=QUAD, filter=ECBFFilter(QUAD)).run()
+    assert not stuck.goal_reached.all()
+    assert passed.goal_reached.all() and passed.min_separation >= 0.95 * QUAD.safety_distance
+
+
+def test_missed_waypoint_run_up():
+    """An agent that overshoots an intermediate waypoint too fast comes back for a second pass."""
+    sc = _pair_scenario("quadrotor", gap=3.0)
+    x0 = np.array([[-0.3, 0.0, 1.0, 0.0], [5.0, 5.0, 0.0, 0.0]])  # 1 m/s: too fast for the 0.5 +- 0.1 m/s window
+    wps = np.array([[[0.0, 0.0], [0.0, 1.5]], [[5.0, 5.0], [5.0, 5.0]]])
+    sc = sc.with_(initial_states=x0, waypoints=wps, waypoint_heading=np.array([[0.0, np.nan], [np.nan, np.nan]]),
+                  waypoint_speed=np.array([[0.5, 0.0], [0.0, 0.0]]))
+    sim = Simulator(sc, model=QUAD)
+    passed_at = None
+    while not sim.done:
+        sim.step()
+        if passed_at is None and sim.states[0, 0] > 0.3:
+            passed_at = sim.t
+    r = sim.finish()
+    assert passed_at is not None  # it overshot first
+    assert r.goal_reached[0] and r.waypoints_reached[0] == 2

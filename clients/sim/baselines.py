@@ -382,9 +382,11 @@ def make_filter(name: str, model, store=None, safety_distance: float | None = No
 
 
 def make_layered_filter(model, store=None, safety_distance=None, cooperative=None, worst_case=None,
-                        spec: str | None = None, **kwargs):
+                        spec: str | None = None, prop1: bool = True, **kwargs):
     """Layered filter from value functions (``cooperative``/``worst_case``) or, if not given, from the store's
-    ``<spec>/cooperative`` and ``<spec>/worst_case`` (spec defaults to the model name)."""
+    ``<spec>/cooperative`` and ``<spec>/worst_case`` (spec defaults to the model name). ``prop1=False`` gives
+    the filter only the cooperative value function (same actions, no Prop. 1 diagnostics, cheaper); R_c(d)
+    still comes from the worst-case table."""
     if cooperative is None or worst_case is None:
         from clients import ValueFunction
 
@@ -392,4 +394,9 @@ def make_layered_filter(model, store=None, safety_distance=None, cooperative=Non
         spec = spec or model.name
         cooperative = cooperative or ValueFunction.load(st, f"{spec}/cooperative")
         worst_case = worst_case or ValueFunction.load(st, f"{spec}/worst_case")
+    if not prop1:
+        d = cooperative.effective_safety_distance(safety_distance)
+        kwargs.setdefault("conflict_range", worst_case.conflict_range(d if worst_case.safety_distance is None
+                                                                      else None))
+        worst_case = None
     return LayeredFilter(model, cooperative, worst_case, safety_distance=safety_distance, **kwargs)

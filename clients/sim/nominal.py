@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 FT = 0.3048
 MILE = 1609.344
@@ -148,19 +149,40 @@ def _keep_right(pos, vel, direction, dist_to_target, max_turn, look_ahead):
     """Traffic rule that breaks the symmetric deadlocks of straight-line tracking: an agent with another agent
     ahead (within look_ahead, inside +-60 deg of its desired direction, closer than its own target, closing
     faster than 5 cm/s) turns its desired direction to the right by up to ``max_turn``, more the closer the
-    other agent is, fading out near its own waypoint. Agents meeting head-on pass left side to left side."""
-    dp = pos[None, :, :] - pos[:, None, :]  # [i, j] = p_j - p_i
-    dv = vel[None, :, :] - vel[:, None, :]
-    d = np.hypot(dp[..., 0], dp[..., 1])
-    np.fill_diagonal(d, np.inf)
-    ahead = np.einsum("ijk,ik->ij", dp, direction) > 0.5 * d  # within +-60 deg
-    closing = np.einsum("ijk,ijk->ij", dp, dv) < -0.05 * d  # closing faster than 5 cm/s
-    relevant = ahead & closing & (d < look_ahead) & (d < dist_to_target[:, None])
-    w = np.where(relevant, 1.0 - d / look_ahead, 0.0).max(axis=1)
-    w = w * np.clip(dist_to_target / look_ahead, 0.0, 1.0)  # fade out near the own waypoint
+    other agent is, fading out near its own waypoint. Agents meeting head-on pass left side to left side.
+    Pairs come from the client's cell-list neighbour search (O(N) for bounded density)."""
+    from clients.neighbors import neighbor_lists
+
+    pos = np.ascontiguousarray(pos, dtype=np.float64)
+    indptr, indices = neighbor_lists(pos, float(look_ahead))
+    w = _keep_right_weights(pos, np.ascontiguousarray(vel, dtype=np.float64),
+                            np.ascontiguousarray(direction, dtype=np.float64),
+                            np.ascontiguousarray(dist_to_target, dtype=np.float64), indptr, indices, float(look_ahead))
     ang = -max_turn * w
     c, s_ = np.cos(ang), np.sin(ang)
     return np.column_stack([c * direction[:, 0] - s_ * direction[:, 1], s_ * direction[:, 0] + c * direction[:, 1]])
+
+
+@njit(cache=True)
+def _keep_right_weights(pos, vel, direction, dist_to_target, indptr, indices, look_ahead):
+    n = pos.shape[0]
+    w = np.zeros(n)
+    for i in range(n):
+        best = 0.0
+        for q in range(indptr[i], indptr[i + 1]):
+            j = indices[q]
+            dx = pos[j, 0] - pos[i, 0]
+            dy = pos[j, 1] - pos[i, 1]
+            d = np.sqrt(dx * dx + dy * dy)
+            if d >= look_ahead or d >= dist_to_target[i] or d == 0.0:
+                continue
+            if dx * direction[i, 0] + dy * direction[i, 1] <= 0.5 * d:  # not within +-60 deg ahead
+                continue
+            if dx * (vel[j, 0] - vel[i, 0]) + dy * (vel[j, 1] - vel[i, 1]) >= -0.05 * d:  # not closing
+                continue
+            best = max(best, 1.0 - d / look_ahead)
+        w[i] = best * min(max(dist_to_target[i] / look_ahead, 0.0), 1.0)
+    return w
 
 
 @dataclass

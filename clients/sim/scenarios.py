@@ -1,5 +1,8 @@
 """Seeded multi-agent scenarios for the quadrotor and air-taxi models.
 
+Time limits are generous (several times the unobstructed travel time) so that an unfinished episode means
+deadlock / gridlock rather than delay; delay shows in the travel time.
+
 A :class:`Scenario` is plain data: initial agent states, a fixed number of waypoints per agent (position, desired
 heading, desired speed), departure times and episode settings. Every builder takes a ``seed`` and draws all its
 random variation from ``numpy.random.default_rng(seed)``, so one (name, seed) pair is one reproducible episode.
@@ -98,7 +101,7 @@ def _quad_states(pos: np.ndarray) -> np.ndarray:
 
 
 def quadrotor_random(seed: int = 0, n_agents: int = 4, n_waypoints: int = 2, world: float = 4.0,
-                     max_time: float = 60.0) -> Scenario:
+                     max_time: float = 120.0) -> Scenario:
     rng = np.random.default_rng(seed)
     h = world / 2
     margin = 0.25
@@ -115,7 +118,7 @@ def quadrotor_random(seed: int = 0, n_agents: int = 4, n_waypoints: int = 2, wor
                           f"{n_agents} quadrotors, {n_waypoints} random waypoints each, {world:g} m world")
 
 
-def quadrotor_corridor(seed: int = 0, n_agents: int = 6, world: float = 6.0, max_time: float = 90.0) -> Scenario:
+def quadrotor_corridor(seed: int = 0, n_agents: int = 6, world: float = 6.0, max_time: float = 300.0) -> Scenario:
     rng = np.random.default_rng(seed)
     h = world / 2
     margin = 0.3
@@ -134,7 +137,7 @@ def quadrotor_corridor(seed: int = 0, n_agents: int = 6, world: float = 6.0, max
                           f"{n_agents} quadrotors, 3 waypoints, the first two shared (air corridor), {world:g} m world")
 
 
-def quadrotor_two_lines(seed: int = 0, n_agents: int = 8, world: float = 6.0, max_time: float = 60.0) -> Scenario:
+def quadrotor_two_lines(seed: int = 0, n_agents: int = 8, world: float = 6.0, max_time: float = 120.0) -> Scenario:
     """Paper Table III: 8 agents on two parallel lines in random order, goals on the other line."""
     if n_agents % 2:
         raise ValueError("two_lines needs an even number of agents")
@@ -154,7 +157,7 @@ def quadrotor_two_lines(seed: int = 0, n_agents: int = 8, world: float = 6.0, ma
                           f"{world:g} m world")
 
 
-def quadrotor_dense(seed: int = 0, n_agents: int = 256, area_per_agent: float = 4.0, max_time: float = 60.0) -> Scenario:
+def quadrotor_dense(seed: int = 0, n_agents: int = 256, area_per_agent: float = 4.0, max_time: float = 120.0) -> Scenario:
     """Stress case: ``n_agents`` on a jittered lattice at about ``area_per_agent`` m^2 each, goals a few metres away."""
     rng = np.random.default_rng(seed)
     world = float(np.sqrt(n_agents * area_per_agent))
@@ -201,7 +204,7 @@ def _air_taxi_states(origin: np.ndarray, first_wp: np.ndarray, speed: float) -> 
 
 
 def air_taxi_merge(seed: int = 0, n_routes: int = 8, departure_window: float = 60.0,
-                   route_length: tuple[float, float] = (12000.0, 24000.0), max_time: float = 1500.0) -> Scenario:
+                   route_length: tuple[float, float] = (12000.0, 24000.0), max_time: float = 2400.0) -> Scenario:
     """Eight routes from vertiports to the north/east merge at M = (0, 0) into one westbound corridor (2 more
     waypoints, 3.5 km apart). The vertiports lie ``route_length`` km from M (evenly spread lengths, randomly
     assigned to the routes, +-500 m jitter); one aircraft per route departs at a uniform random time in the
@@ -235,7 +238,7 @@ def air_taxi_merge(seed: int = 0, n_routes: int = 8, departure_window: float = 6
 
 
 def air_taxi_intersection(seed: int = 0, per_corridor: int = 8, interval: float = 20.0,
-                          crossing_angle_deg: float = 50.0, max_time: float = 1200.0) -> Scenario:
+                          crossing_angle_deg: float = 50.0, max_time: float = 2400.0) -> Scenario:
     """Two westbound corridors crossing at the origin; each launches an aircraft every ``interval`` s (+-3 s
     jitter, random offset between the corridors), so the streams meet at the crossing."""
     rng = np.random.default_rng(seed)

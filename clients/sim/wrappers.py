@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from .baselines import world_velocity
+from .baselines import neighbours_within, world_velocity
 from .scenarios import SCENARIO_MODEL, make_scenario
 from .simulator import Simulator, nearest_and_count
 
@@ -207,15 +207,14 @@ class _NavigationCore:
         obs[act, 0:2] = (target - x[:, :2]) / rng
         obs[act, 2:2 + x.shape[1] - 2] = x[:, 2:]
         vel = world_velocity(self.model.name, x)
-        p = x[:, :2]
-        d = np.hypot(p[:, None, 0] - p[None, :, 0], p[:, None, 1] - p[None, :, 1])
-        np.fill_diagonal(d, np.inf)
-        order = np.argsort(d, axis=1)[:, :OBS_NEIGHBOURS]
+        p = np.ascontiguousarray(x[:, :2])
+        nb = neighbours_within(p, rng, OBS_NEIGHBOURS)  # nearest others in range (cell list), -1 padded
         base = 2 + x.shape[1] - 2
-        for s in range(min(OBS_NEIGHBOURS, act.size - 1)):
-            j = order[:, s]
-            ok = d[np.arange(act.size), j] < rng
-            blk = np.column_stack([(p[j] - p) / rng, (vel[j] - vel) / self.v_scale, np.ones(act.size)])
+        for s in range(OBS_NEIGHBOURS):
+            j = nb[:, s]
+            ok = j >= 0
+            jj = np.where(ok, j, 0)
+            blk = np.column_stack([(p[jj] - p) / rng, (vel[jj] - vel) / self.v_scale, np.ones(act.size)])
             obs[act, base + 5 * s: base + 5 * s + 5] = np.where(ok[:, None], blk, 0.0)
         return obs
 
