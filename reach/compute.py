@@ -184,7 +184,7 @@ def _validate(spec: Spec, game: str, result) -> dict:
     from reach.validation import validate
 
     coords = spec.grid_spec().coordinates(spec.model)
-    out = validate(spec.model, game, np.asarray(result.value), np.asarray(result.gradient), coords,
+    out = validate(spec.model, game, np.asarray(result.value), coords,
                    spec.validation_safety_distance, v.margin, v.n_samples, v.seed, float(result.horizon))
     out = dict(out)
     out.setdefault("n_samples", int(v.n_samples))

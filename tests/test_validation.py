@@ -52,7 +52,7 @@ def test_world_pairs_reproduce_relative_state(name):
 
 def test_solved_worst_case_grid_passes_and_wrong_grid_fails(worst):
     args = (worst.coordinates, 0.5)
-    out = validate(QUAD, "worst_case", worst.value, worst.gradient, *args, 0.1, 1000, 0, worst.horizon)
+    out = validate(QUAD, "worst_case", worst.value, *args, 0.1, 1000, 0, worst.horizon)
     json.dumps(out)
     for key in ("n_samples", "margin", "falsification_rate", "n_falsified", "decision_period", "horizon", "seed"):
         assert key in out
@@ -60,21 +60,22 @@ def test_solved_worst_case_grid_passes_and_wrong_grid_fails(worst):
     # Measured: 1 of 1000 (half of them sampled next to the boundary) at margin 0.1 m on this 19^2 x 13^2 grid.
     assert out["falsification_rate"] <= 0.01
     # A grid that claims one metre too much is caught.
-    bad = validate(QUAD, "worst_case", worst.value + 1.0, worst.gradient, *args, 0.1, 500, 0, worst.horizon)
+    bad = validate(QUAD, "worst_case", worst.value + 1.0, *args, 0.1, 500, 0, worst.horizon)
     assert bad["falsification_rate"] > 0.3
     # Same seed, same answer.
-    again = validate(QUAD, "worst_case", worst.value, worst.gradient, *args, 0.1, 1000, 0, worst.horizon)
+    again = validate(QUAD, "worst_case", worst.value, *args, 0.1, 1000, 0, worst.horizon)
     assert again == out
 
 
 def test_cooperative_and_air_taxi_run():
     coop = solve(QUAD, SMALL, "cooperative", SolverSettings(), progress=False)
-    out = validate(QUAD, "cooperative", coop.value, coop.gradient, coop.coordinates, 0.5, 0.1, 500, 0, coop.horizon)
-    # Measured 2 % on this coarse grid: numerical dissipation makes the value optimistic next to the collision
-    # cone, and the central-difference gradient chatters on dispersal surfaces (head-on approaches).
-    assert 0 <= out["falsification_rate"] < 0.1
+    out = validate(QUAD, "cooperative", coop.value, coop.coordinates, 0.5, 0.1, 500, 0, coop.horizon)
+    # Measured 0.6 % on this coarse grid (2 % with bang-bang controls from the gradient's sign): multilinear
+    # interpolation overestimates the value on dispersal surfaces (head-on: dodge left or right), where the
+    # greedy synthesis then brakes instead of dodging.
+    assert 0 <= out["falsification_rate"] < 0.03
     model = get_model("air_taxi")
     spec = GridSpec((-3000, -3000, -math.pi, 30.87, 30.87), (3000, 3000, math.pi, 90.03, 90.03), (11, 11, 8, 5, 5))
     r = solve(model, spec, "worst_case", SolverSettings(engagement_horizon=2.0, window=1.0), progress=False)
-    out = validate(model, "worst_case", r.value, r.gradient, r.coordinates, 457.2, 50.0, 200, 3, r.horizon)
+    out = validate(model, "worst_case", r.value, r.coordinates, 457.2, 50.0, 200, 3, r.horizon)
     assert out["n_samples"] == 200 and out["decision_period"] == 1.0 and 0 <= out["falsification_rate"] <= 1
