@@ -246,3 +246,15 @@ def test_missed_waypoint_run_up():
     r = sim.finish()
     assert passed_at is not None  # it overshot first
     assert r.goal_reached[0] and r.waypoints_reached[0] == 2
+
+
+def test_animation_gif(tmp_path):
+    """The animated GIF of an episode has one frame per sampled moment (at most max_frames)."""
+    from PIL import Image
+
+    from clients.sim.plots import save_animation
+
+    r = Simulator(_pair_scenario("quadrotor", gap=3.0), model=QUAD, record=True).run()
+    path = save_animation(r, tmp_path / "pair.gif", max_frames=10)
+    with Image.open(path) as im:
+        assert im.format == "GIF" and im.n_frames == 10

@@ -2,7 +2,7 @@
 
 Runs N seeded episodes of a scenario under each requested filter (episode e uses seed ``seed + e``, the same
 episodes for every filter) and writes ``<out>/<scenario>.md`` and ``<out>/<scenario>.csv`` (one row per filter)
-plus trajectory PNGs: ``<scenario>_seed<seed>.png`` (every filter on the first episode, side by side) and
+plus trajectory PNGs (and with ``--animate`` a GIF per filter of the first episode): ``<scenario>_seed<seed>.png`` (every filter on the first episode, side by side) and
 ``<scenario>_<filter>_closest.png`` (the episode with the smallest separation, d and R_c circles drawn around the
 closest pair at that moment).
 
@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="value-function spec in the store (default: the scenario's model name)")
     parser.add_argument("--agents", type=int, default=None, help="override the number of agents (dense only)")
     parser.add_argument("--no-plots", action="store_true", help="skip the trajectory PNGs")
+    parser.add_argument("--animate", action="store_true",
+                        help="also write an animated GIF of the first episode per filter (<scenario>_<filter>.gif)")
     return parser
 
 
@@ -107,7 +109,7 @@ def run_scenario(name: str, filters: Sequence[str], episodes: int = 25, seed: in
 
 
 def write_outputs(name: str, rows: list[Row], results: dict[str, list[EpisodeResult]], notes: dict, out: Path,
-                  plots: bool = True) -> dict[str, Path]:
+                  plots: bool = True, animate: bool = False) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if not rows:
@@ -138,6 +140,12 @@ def write_outputs(name: str, rows: list[Row], results: dict[str, list[EpisodeRes
             fig.savefig(p, dpi=110)
             plt.close(fig)
             paths[f"closest_{f}"] = p
+    if animate:
+        from .plots import save_animation
+
+        for f, eps in results.items():
+            if eps and eps[0].positions is not None:
+                paths[f"animation_{f}"] = save_animation(eps[0], out / f"{name}_{f}.gif")
     return paths
 
 
@@ -150,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         rows, results, notes = run_scenario(name, filters, episodes=args.episodes, seed=args.seed,
                                             store=args.store, scenario_kwargs=kw, record=not args.no_plots,
                                             spec=args.spec)
-        paths = write_outputs(name, rows, results, notes, out, plots=not args.no_plots)
+        paths = write_outputs(name, rows, results, notes, out, plots=not args.no_plots,
+                              animate=args.animate and not args.no_plots)
         if rows:
             print(markdown_table(rows))
         for k, p in paths.items():

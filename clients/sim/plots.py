@@ -86,3 +86,48 @@ def save_comparison(results: Sequence[EpisodeResult], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def save_animation(r: EpisodeResult, path: str | Path, max_frames: int = 90, fps: int = 12) -> Path:
+    """Animated GIF of one recorded episode: agents with their d circles (red where a pair is closer than d),
+    trails, waypoints. At most ``max_frames`` frames (the recording is subsampled evenly)."""
+    plt = _plt()
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    if r.positions is None or r.times is None:
+        raise ValueError("episode was run without record=True")
+    unit = 1000.0 if r.model == "air_taxi" else 1.0
+    pos = r.positions / unit
+    frames = np.unique(np.linspace(0, len(pos) - 1, min(max_frames, len(pos))).astype(int))
+    n = pos.shape[1]
+    fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    plot_episode(r, ax=ax)  # static background: paths, waypoints, axes
+    for line in ax.lines:
+        line.set_alpha(0.2)
+    for patch in list(ax.patches):  # the closest-moment circles belong to the still picture
+        patch.remove()
+    circles = [plt.Circle((np.nan, np.nan), r.safety_distance / 2 / unit, fill=False, lw=0.8) for _ in range(n)]
+    for c in circles:
+        ax.add_patch(c)
+    dots = ax.scatter(np.zeros(n), np.zeros(n), c="k", s=6, zorder=5)
+    stamp = ax.text(0.02, 0.97, "", transform=ax.transAxes, va="top", fontsize=8)
+
+    def draw(k):
+        p = pos[k]
+        live = np.isfinite(p[:, 0])
+        gap = np.hypot(p[:, None, 0] - p[None, :, 0], p[:, None, 1] - p[None, :, 1])
+        np.fill_diagonal(gap, np.inf)
+        close = np.nanmin(np.where(np.isfinite(gap), gap, np.inf), axis=1) < r.safety_distance / unit
+        for i, c in enumerate(circles):
+            c.center = tuple(p[i]) if live[i] else (np.nan, np.nan)
+            c.set_edgecolor("r" if close[i] else "0.3")
+        dots.set_offsets(np.where(live[:, None], p, np.nan))
+        stamp.set_text(f"t = {r.times[k]:.1f} s")
+        return circles + [dots, stamp]
+
+    anim = FuncAnimation(fig, draw, frames=frames, blit=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    anim.save(path, writer=PillowWriter(fps=fps), dpi=70)
+    plt.close(fig)
+    return path
