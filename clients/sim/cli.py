@@ -2,9 +2,9 @@
 
 Runs N seeded episodes of a scenario under each requested filter (episode e uses seed ``seed + e``, the same
 episodes for every filter) and writes ``<out>/<scenario>.md`` and ``<out>/<scenario>.csv`` (one row per filter)
-plus trajectory PNGs (and with ``--animate`` a GIF per filter of the first episode): ``<scenario>_seed<seed>.png`` (every filter on the first episode, side by side) and
+plus trajectory PNGs: ``<scenario>_seed<seed>.png`` (every filter on the first episode, side by side) and
 ``<scenario>_<filter>_closest.png`` (the episode with the smallest separation, d and R_c circles drawn around the
-closest pair at that moment).
+closest pair at that moment); with ``--animate`` also ``<scenario>_<filter>.gif`` (the first episode, animated).
 
 The store (``--store``, default ``$REACH_STORE`` or ``./store``) provides ``<model>/cooperative`` and
 ``<model>/worst_case`` for the layered filter and the potential-conflict range R_c(d) used by the conflict metric
