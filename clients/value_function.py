@@ -76,6 +76,20 @@ class ValueFunction:
         return cls.from_dataset(ds, verify=False)
 
     @classmethod
+    def fetch(cls, url: str, name: str, cache_dir=None, token: str | None = None, timeout: float = 60.0,
+              allow_stale: bool = False) -> "ValueFunction":
+        """Download `name` from a reach service at `url` (read only) and load it; cached locally.
+
+        The download is verified against its content hash before use (`reach.store.IntegrityError` otherwise);
+        the cache (default `$REACH_CACHE` or `~/.cache/reach`, laid out like a store) is reused while the service
+        still publishes the same version. See `clients.http.ReachClient.fetch`.
+        """
+        from clients.http import ReachClient
+
+        with ReachClient(url, token=token, timeout=timeout) as client:
+            return client.fetch(name, cache_dir=cache_dir, allow_stale=allow_stale)
+
+    @classmethod
     def from_dataset(cls, ds, verify: bool = True) -> "ValueFunction":
         """Adopt an in-memory dataset laid out as in docs/contract.md.
 

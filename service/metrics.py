@@ -68,6 +68,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,5 +88,10 @@ class MetricsMiddleware:
         finally:
             route = _route_template(scope)
             method = scope.get("method", "")
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+            key = (method, route, status)
+            children = self._children.get(key)
+            if children is None:  # labels() costs a lock and a dict lookup per call: keep the children
+                children = self._children[key] = (self.metrics.requests.labels(method, route, str(status)),
+                                                  self.metrics.latency.labels(method, route))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 #: A spec name (the TOML file's stem). Together with the game it is the value function's store name; the pattern
 #: keeps every request inside the store (no ``/``, ``.``, or ``..``).
@@ -16,6 +16,26 @@ JSON_MEDIA = "application/json"
 BINARY_MEDIA = "application/octet-stream"
 PNG_MEDIA = "image/png"
 ZIP_MEDIA = "application/zip"
+
+
+class ValueFunctionPath(BaseModel):
+    """The `{spec}/{game}` path parameters (validated in one step on the query route, the hot path)."""
+
+    spec: str = Field(pattern=SPEC_PATTERN, description="Spec name (the TOML file's stem).", examples=["quadrotor"])
+    game: Game = Field(description="Game.")
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec}/{self.game}"
+
+    @classmethod
+    def openapi_parameters(cls) -> list[dict[str, Any]]:
+        return [
+            {"name": "spec", "in": "path", "required": True, "description": cls.model_fields["spec"].description,
+             "schema": {"type": "string", "pattern": SPEC_PATTERN}, "example": "quadrotor"},
+            {"name": "game", "in": "path", "required": True, "description": cls.model_fields["game"].description,
+             "schema": {"type": "string", "enum": list(GAMES)}},
+        ]
 
 
 class ErrorResponse(BaseModel):
@@ -100,6 +120,66 @@ class QueryRequest(BaseModel):
     gradient: bool | None = Field(default=None, description="Also return dV/ds (default false).")
 
 
+class QueryOptions(BaseModel):
+    """Options of a batch query outside the body: query parameters and, for the binary form, the layout headers.
+
+    Validated in one step from the request (`QueryOptions.SOURCES` says where each field comes from); documented
+    as parameters of the query operation.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: field -> (OpenAPI location, parameter name)
+    SOURCES: ClassVar[dict[str, tuple[str, str]]] = {
+        "safety_distance": ("query", "safety_distance"),
+        "gradient": ("query", "gradient"),
+        "dtype": ("header", "X-Reach-Dtype"),
+        "shape": ("header", "X-Reach-Shape"),
+    }
+
+    safety_distance: float | None = Field(
+        default=None, ge=0.0, allow_inf_nan=False,
+        description="Safety distance d (m); default: the value function's. The JSON body may give it instead.",
+    )
+    gradient: bool | None = Field(default=None, description="Also return dV/ds (default false). The JSON body "
+                                  "may give it instead.")
+    dtype: Literal["float32", "float64"] = Field(
+        default="float32", description="Binary form: element type (little-endian) of the body and of the answer."
+    )
+    shape: tuple[int, int] | None = Field(
+        default=None, description="Binary form: `N,n`, states and coordinates per state; optional, checked against "
+        "the body length."
+    )
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _parse_shape(cls, v: object) -> object:
+        if isinstance(v, str):
+            parts = [p.strip() for p in v.split(",")]
+            if len(parts) != 2 or not all(p.isdigit() and len(p) <= 12 for p in parts):
+                raise ValueError(f"expected 'N,n' (two non-negative integers), got {v!r}")
+            return (int(parts[0]), int(parts[1]))
+        return v
+
+    @classmethod
+    def openapi_parameters(cls) -> list[dict[str, Any]]:
+        """The OpenAPI parameter objects of these options."""
+        out = []
+        for field, (where, name) in cls.SOURCES.items():
+            info = cls.model_fields[field]
+            if field == "shape":
+                schema: dict[str, Any] = {"type": "string", "pattern": r"^\s*[0-9]{1,12}\s*,\s*[0-9]{1,12}\s*$"}
+            elif field == "dtype":
+                schema = {"type": "string", "enum": ["float32", "float64"], "default": "float32"}
+            elif field == "gradient":
+                schema = {"type": "boolean"}
+            else:
+                schema = {"type": "number", "minimum": 0.0}
+            out.append({"name": name, "in": where, "required": False, "description": info.description,
+                        "schema": schema})
+        return out
+
+
 class QueryResponse(BaseModel):
     """JSON answer of a batch query."""
 
@@ -124,7 +204,16 @@ class ConflictRangeResponse(BaseModel):
     content_hash: str
     safety_distance: float = Field(description="d (m).")
     conflict_range: float = Field(description="R_c(d) (m), interpolated from the table.")
-    table_range: tuple[float, float] = Field(description="Smallest and largest d in the table (m).")
+    table_range: list[float] = Field(min_length=2, max_length=2, description="Smallest and largest d in the table (m).")
+
+
+class DownloadManifest(BaseModel):
+    """`reach.json` at the root of a download: what the zip holds and the hash the client must verify."""
+
+    format: Literal["reach-zarr-v3"] = "reach-zarr-v3"
+    name: str
+    content_hash: str = Field(description="sha256 the client recomputes (reach.store.content_hash) before use.")
+    version_dir: str = Field(description="The zip's top-level directory: the published Zarr v3 version `<hash16>.zarr`.")
 
 
 class Health(BaseModel):
@@ -134,8 +223,9 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     store: str
-    value_functions: dict[str, str] = Field(description="name -> content hash, or the error that keeps it out.")
-    problems: list[str] = Field(default_factory=list)
+    value_functions: dict[str, str] = Field(description="Value functions served: name -> content hash.")
+    problems: list[str] = Field(default_factory=list, description="What keeps a published version out of service "
+                                "(the last good version, if any, is still served).")
 
 
 #: OpenAPI answers shared by the value-function routes.

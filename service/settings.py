@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +22,8 @@ class Settings(BaseSettings):
     store: Path = Field(default=Path("store"), description="Path of the value-function store (read only).")
     token: str | None = Field(
         default=None,
-        description="Bearer token required on every endpoint except /healthz and /readyz; unset = no auth.",
+        description="Bearer token required on the /v1 endpoints and /metrics (not on /healthz, /readyz and the API "
+        "docs); unset = no auth.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -38,9 +40,15 @@ class Settings(BaseSettings):
     )
     preload: bool = Field(default=True, description="Load every value function at start-up.")
     threadpool_points: int = Field(
-        default=20_000,
+        default=4096,
         ge=1,
-        description="Batches with at least this many states are evaluated in a worker thread, not on the event loop.",
+        description="Batches with at least this many states are evaluated in worker threads, not on the event loop "
+        "(split in up to `eval_threads` parts of at least half this size; the kernel releases the GIL).",
+    )
+    eval_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Most worker threads one large batch is split across (default: the number of CPUs).",
     )
     otel: bool = Field(default=False, description="Keep FastAPI's built-in OpenTelemetry instrumentation on.")
 

@@ -1,0 +1,2 @@
+"""Routers, one module per resource: ``value_functions`` (``/v1/value-functions``), ``health`` (``/healthz``,
+``/readyz``) and ``metrics`` (``/metrics``)."""
