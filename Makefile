@@ -22,8 +22,17 @@ compute: $(STAMP)
 	$(VENV)/bin/reach compute grids/quadrotor.toml
 	$(VENV)/bin/reach compute grids/air_taxi.toml
 
+serve: $(STAMP)
+	$(VENV)/bin/reach serve
+
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/solver.py
+	$(PY) benchmarks/client.py
+	$(PY) benchmarks/service.py
+	$(PY) benchmarks/scenarios.py
 
 clean:
 	rm -rf $(VENV) store
