@@ -2,43 +2,74 @@
 
 For every agent i, over all agents at once:
 
-1. neighbours within the model's observation range (cell list, `clients.neighbors`);
+1. neighbours within the model's observation range (cell list, `clients.neighbors`; never all pairs);
 2. prioritization: the pairwise barrier B(s_ij) = min(V(s_ij), ||p_ij||) - d of every neighbour (V from the
-   mode's value function; V0 <= ||p|| holds for the true value, so taking the minimum only removes
-   interpolation error); the neighbour with the minimum B is the partner j*, mutual choices are the potential
-   collision pairs;
+   mode's value function, shifted by d and the value margin; V0 <= ||p|| holds for the true value, so taking the
+   minimum only removes interpolation error; a neighbour beyond the grid's position extent has V = +inf, so
+   B = ||p|| - d); the neighbour with the minimum B is the partner j* (ties: the smaller index), mutual choices are
+   the potential collision pairs;
 3. the filter: one linear CBF constraint in the pair's control,
        grad B(s) . (f(s) + G_a u_a + G_b u_b) + gamma_cbf B(s) >= mu,
-   with the state-dependent box bounds of the model, solved exactly (`solve_halfspace_box`);
+   with the state-dependent box bounds of the model, solved exactly in closed form (`solve_halfspace_box`);
 4. the sampled-data check (below), then agent i applies its own part.
 
 Modes. cooperative: joint control (u_a, u_b) of the pair; agent a is the one with the smaller id, so both agents
-of a pair build the identical problem from identical data and each applies its part. The weights of the
-projection are the agents' responsibilities r (the correction of agent k is proportional to r_k; default equal).
-The partner's nominal action is used when known; when it is unknown (the single-agent call without
-`neighbor_nominal`) the partner is assumed to hold zero control (constant velocity / heading and speed), and
-the pair solution's partner part is what the prediction assumes the partner applies (true when the partner runs
-this same program with the same data). worst_case: the ego's control only, the other's control at the corner of
-its box that minimizes the left side.
+of a pair build the identical problem from identical data and each applies its part (the filter solves a mutual
+pair once). The weights of the projection are the agents' responsibilities r: the objective is
+sum_k (u_k - ref_k)^2 / r_k, so the correction of agent k is proportional to r_k (default equal; r_k = 0 keeps
+agent k's nominal action, both zero count as equal). The partner's nominal action is used when known; when it is
+unknown (`filter_agent` without `neighbor_nominal`) the partner is assumed to hold zero control (quadrotor:
+constant velocity; air taxi: constant heading and speed), and the pair solution's partner part is what the
+prediction assumes the partner applies (true when the partner runs this same program with the same data).
+worst_case: the ego's control only, the other's control at the corner of its box that minimizes the left side
+(and, in the sampled-data check, every corner of its box).
 
 Infeasible box: when no control in the box satisfies the linear constraint, the most-safe control (the box
-corner maximizing the left side, i.e. the HJ optimal control of the pair game) is applied.
+corner maximizing the left side, i.e. the HJ optimal control of the pair game) is applied (status most_safe);
+the nominal action is never passed through.
 
-Sampled-data margin (actions are held for the decision period dt). With the action u held, Taylor's theorem along
-the exact trajectory gives B(s(tau)) = B_k + tau * dB/dt(s_k, u) + R(tau). If the linear constraint holds with
-margin mu >= max_tau (-R(tau)) / tau, then B(s(tau)) >= (1 - gamma_cbf tau) B_k >= 0 for every checked tau in
-(0, dt] whenever B_k >= 0 (gamma_cbf dt <= 1 is enforced). Instead of a global Lipschitz bound on R (which the
-kinks of HJ value functions make very conservative) the remainder is measured exactly: the candidate action is
-integrated with the model's `step_agents` (exact) to the check times tau_q = q dt / n_checks, and mu is raised by
-the measured deficit until the discrete condition B(s(tau_q)) >= (1 - gamma_cbf tau_q) B_k holds at every check
-time (at most `max_iter` rounds; the best candidate by the discrete condition is kept otherwise, flagged). The
-check is skipped when it cannot fail: B changes at most Lambda tau over tau, where Lambda = sum_i L_i rate_i from
-the grid's Lipschitz constants L_i and the model's exact rate bounds (`dissipation_bounds`), so
-gamma_cbf B_k >= Lambda implies the condition for every tau. Assumptions: the pair's prediction is exact
-(cooperative: the partner applies its part of the same pair solution; worst_case: the checks run against every
-corner of the opponent's box, which includes the HJ worst-case opponent, so they are exact against bang-bang
-opponents held for the period); separation between check times is not checked (n_checks sets their density).
-See docs/filter.md.
+Sampled-data margin (actions are held for the decision period dt). Write B_k = B(s(t_k)) and let the action u be
+held on [t_k, t_k + dt]. Along the exact trajectory B(s(t_k + tau)) = B_k + tau dB/dt(s_k, u) + R(tau) with a
+remainder R that the linear constraint does not see (curvature of the flow, kinks of the HJ value, the change of
+G(s) while u is held). If the linear constraint holds with the margin mu >= max_tau (-R(tau)) / tau, then
+    B(s(t_k + tau)) >= B_k + tau (mu - gamma_cbf B_k) - tau mu = (1 - gamma_cbf tau) B_k >= 0  whenever B_k >= 0
+(gamma_cbf dt <= 1 is enforced). A global bound on R (Lipschitz constants of grad V) would be very conservative at
+the kinks of HJ value functions, so the margin is found per pair instead: the candidate action is integrated
+with the model's exact `step_agents` to the check times tau_q = q dt / n_checks (q = 1..n_checks), the
+discrete condition B(s(tau_q)) >= (1 - gamma_cbf tau_q) B_k is evaluated, and mu is raised by 1.25 times the
+largest measured deficit rate ((1 - gamma_cbf tau) B_k - B(s(tau))) / tau until it holds (at most `max_iter`
+rounds). If no linear candidate passes, a vertex search tries every combination of {clip(ref), lo, hi} per
+control component (3^(#controls) candidates): the cheapest passing one is applied (status searched), else the
+candidate with the largest slack (status best_effort, the only case without the guarantee). The check is
+skipped when it cannot fail: B changes at most Lambda tau over tau, with Lambda = sum_i L_i rate_i from the
+grid's Lipschitz constants L_i (max(L_i, 1) in the position dims, for the ||p|| - d branch of B) and the model's
+exact rate bounds (`dissipation_bounds` over the grid box), so gamma_cbf B_k >= Lambda implies the condition at
+every tau. Predictions that leave the grid's non-position bounds count as failing (never extrapolated).
+
+Guarantee (documented margin). For a pair that keeps choosing each other, whose prediction is exact
+(cooperative: both apply their parts of the same pair solution; worst_case: the opponent plays any corner of its
+box, bang-bang held for the period, which includes the grid's worst-case control) and whose check never ends in
+best_effort: if B(s_0) >= 0, i.e. V0(s_0) >= d + value_margin and ||p_0|| >= d, then B >= 0 at every check time
+of every later period, so the separation is >= d there (B <= ||p|| - d). Between check times only the
+separation's sagitta (at most v_rel^2 (dt / n_checks)^2 / (8 d), about 1e-3 m for the quadrotor defaults) is not
+covered. `value_margin` (m) absorbs the grid's own error: by default the solver's measured closed-loop shortfall
+max(0, -validation.worst_separation_excess) (0.49 m for the default quadrotor grid); coarse grids need more than
+their validation shortfall (tests/test_filter.py documents 0.4 m and 500 m for its small quadrotor and air-taxi
+grids and checks the guarantee on 10,000 random encounters per model and nominal policy). worst_case mode: the
+worst-case games are solved over a finite engagement horizon T_e (they do not converge when the opponent is as
+agile as the ego), so B_worst >= 0 is not invariant over longer times: against an opponent that keeps playing the
+worst case the check can become infeasible; the filter then applies the best-effort candidate and reports it
+(status best_effort) before any loss of separation. Every step without best_effort keeps the guarantee above.
+
+Performance: all kernels are numba, no Python per agent: the cell list visits each close pair once; the
+prioritization evaluates the nearest neighbour first and skips the lookup of any neighbour whose lower bound
+B >= min(||p|| - C - shift, ||p|| - d) exceeds the best so far, and the Prop. 1 count skips the worst-case lookup
+where that bound already gives B_w > 0. C comes from a small table over the cells of the non-position
+coordinates (`norm_deficit_table`: max of ||p_node|| - V0_node over the cell's nodes; multilinear weights
+reproduce p and the norm is convex, so V_interp(s) >= ||p|| - C exactly): the skipped lookups cannot change any
+result. Skipped lookups still check the non-position bounds, so invalid states raise as before. The pair terms,
+the predictions of the sampled-data check and the vertex search are batched (a few allocations per call, not per
+agent); the interpolation kernels run without reference counting (`_nrt=False`).
 """
 
 from __future__ import annotations
@@ -55,7 +86,7 @@ from clients.neighbors import neighbor_lists
 from clients.value_function import StateError, ValueFunction
 
 # per-agent status codes
-NO_PARTNER = 0      # no neighbour with a finite value: nominal action (clipped to the box) applied
+NO_PARTNER = 0      # no neighbour: nominal action (clipped to the box) applied
 NOMINAL_SAFE = 1    # the (clipped) nominal action satisfies the constraint and the sampled-data check
 CORRECTED = 2       # the nominal action was projected onto the constraint
 MOST_SAFE = 3       # the box cannot satisfy the linear constraint: the most-safe (HJ optimal) control
@@ -65,87 +96,143 @@ SEARCHED = 5        # the linear refinements failed the check; a box-vertex cand
 STATUS_NAMES = {NO_PARTNER: "no_partner", NOMINAL_SAFE: "nominal_safe", CORRECTED: "corrected",
                 MOST_SAFE: "most_safe", BEST_EFFORT: "best_effort", SEARCHED: "searched"}
 
+# kernel error codes (err[0]); codes >= interp.NAN_BASE are interpolation statuses
+_ERR_STATE = -2     # states[err[1], err[2]] is NaN or infinite
+_ERR_NOMINAL = -3   # nominal[err[1], err[2]] is NaN or infinite
+
 
 # ------------------------------------------------------------------------------------------ closed-form QP
-@njit(cache=True, nogil=True)
-def _g_at(lam, ref, lo, hi, dw, c):
+@njit(cache=True, nogil=True, _nrt=False)
+def _g_at(lam, ref, lo, hi, dw, c, row):
     g = 0.0
-    for k in range(ref.shape[0]):
-        u = ref[k] + lam * dw[k] * c[k]
-        u = min(max(u, lo[k]), hi[k])
-        g += c[k] * u
+    for k in range(ref.shape[1]):
+        u = ref[row, k] + lam * dw[row, k] * c[row, k]
+        u = min(max(u, lo[row, k]), hi[row, k])
+        g += c[row, k] * u
     return g
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _solve_rows(ref, lo, hi, dw, c, row, b, out):
+    """`solve_halfspace_box` on row `row` of 2-D arrays (allocation-free); writes out[row]."""
+    m = ref.shape[1]
+    cmax = 0.0
+    for k in range(m):
+        cmax = max(cmax, abs(c[row, k]))
+    for k in range(m):      # float32 grid noise must not pick a corner: |c_k| below 1e-6 max |c| is zero
+        if abs(c[row, k]) <= 1e-6 * cmax:
+            c[row, k] = 0.0
+    g0 = _g_at(0.0, ref, lo, hi, dw, c, row)
+    if g0 >= b:
+        for k in range(m):
+            out[row, k] = min(max(ref[row, k], lo[row, k]), hi[row, k])
+        return 0
+    gmax = 0.0
+    for k in range(m):
+        ck = c[row, k]
+        if dw[row, k] > 0.0 and ck != 0.0:
+            gmax += ck * (hi[row, k] if ck > 0.0 else lo[row, k])
+        else:
+            gmax += ck * min(max(ref[row, k], lo[row, k]), hi[row, k])
+    if gmax < b:
+        for k in range(m):
+            ck = c[row, k]
+            if dw[row, k] > 0.0 and ck != 0.0:
+                out[row, k] = hi[row, k] if ck > 0.0 else lo[row, k]
+            else:
+                out[row, k] = min(max(ref[row, k], lo[row, k]), hi[row, k])
+        return 2
+    # g(lam) = c . clip(ref + lam dw c) is nondecreasing and piecewise linear with breakpoints where a component
+    # meets a bound. Bracket the root between the largest breakpoint with g < b (or 0) and the smallest with
+    # g >= b (or the last one): g is linear in between (no sorting, no allocation; at most 2m breakpoints).
+    lam_lo = 0.0
+    g_lo = g0
+    lam_hi = math.inf
+    g_hi = math.inf
+    for k in range(m):
+        s = dw[row, k] * c[row, k]
+        if s == 0.0:
+            continue
+        for side in range(2):
+            bound = lo[row, k] if side == 0 else hi[row, k]
+            t = (bound - ref[row, k]) / s
+            if t > 0.0:
+                gt = _g_at(t, ref, lo, hi, dw, c, row)
+                if gt >= b:
+                    if t < lam_hi:
+                        lam_hi = t
+                        g_hi = gt
+                elif t > lam_lo:
+                    lam_lo = t
+                    g_lo = gt
+    if lam_hi == math.inf:          # numerically at gmax: the largest breakpoint
+        lam = lam_lo
+    elif g_hi > g_lo:
+        lam = lam_lo + (b - g_lo) * (lam_hi - lam_lo) / (g_hi - g_lo)
+        lam = min(max(lam, lam_lo), lam_hi)
+    else:
+        lam = lam_hi
+    for k in range(m):
+        u = ref[row, k] + lam * dw[row, k] * c[row, k]
+        out[row, k] = min(max(u, lo[row, k]), hi[row, k])
+    return 1
 
 
 @njit(cache=True, nogil=True)
 def solve_halfspace_box(ref, lo, hi, dw, c, b, out):
-    """Exact solution of  min sum_k (u_k - ref_k)^2 / dw_k  s.t.  c . u >= b,  lo <= u <= hi.
+    """Exact solution of  min sum_k (u_k - ref_k)^2 / dw_k  s.t.  c . u >= b,  lo <= u <= hi  (1-D arrays).
 
     dw_k >= 0 are the inverse weights (responsibilities); dw_k = 0 fixes u_k at clip(ref_k). Coefficients with
     |c_k| <= 1e-6 max |c| are set to zero in place (float32 noise of the stored gradient). The minimizer is
-    u(lam) = clip(ref + lam dw c, lo, hi) with the smallest lam >= 0 such that c . u(lam) >= b; c . u(lam) is
-    nondecreasing and piecewise linear in lam with breakpoints where a component meets a bound, so lam is found
-    exactly by sorting the (at most 2 m) breakpoints and solving on the bracketing linear piece.
-    Returns 0 when clip(ref) is feasible (lam = 0), 1 when corrected, 2 when infeasible: then out is the
-    most-safe control (argmax of c . u over the box in the free components, clip(ref) in the fixed ones).
+    u(lam) = clip(ref + lam dw c, lo, hi) with the smallest lam >= 0 such that c . u(lam) >= b (KKT: the
+    multiplier of the one linear constraint; the box is handled by the clip); c . u(lam) is nondecreasing and
+    piecewise linear in lam with breakpoints where a component meets a bound, so lam is found exactly on the
+    bracketing linear piece. Returns 0 when clip(ref) is feasible (lam = 0), 1 when corrected, 2 when infeasible:
+    then out is the most-safe control (argmax of c . u over the box in the free components, clip(ref) in the fixed
+    ones).
     """
     m = ref.shape[0]
-    cmax = 0.0
-    for k in range(m):
-        cmax = max(cmax, abs(c[k]))
-    for k in range(m):      # float32 grid noise must not pick a corner: |c_k| below 1e-6 max |c| is zero
-        if abs(c[k]) <= 1e-6 * cmax:
-            c[k] = 0.0
-    g0 = _g_at(0.0, ref, lo, hi, dw, c)
-    if g0 >= b:
-        for k in range(m):
-            out[k] = min(max(ref[k], lo[k]), hi[k])
-        return 0
-    gmax = 0.0
-    for k in range(m):
-        if dw[k] > 0.0 and c[k] != 0.0:
-            gmax += c[k] * (hi[k] if c[k] > 0.0 else lo[k])
+    out2 = out.reshape((1, m))
+    return _solve_rows(ref.reshape((1, m)), lo.reshape((1, m)), hi.reshape((1, m)), dw.reshape((1, m)),
+                       c.reshape((1, m)), 0, b, out2)
+
+
+# ------------------------------------------------------------------------------------- grid lower bound
+def norm_deficit_table(vf: ValueFunction) -> tuple[np.ndarray, np.ndarray]:
+    """Lower-bound table of the interpolated value: V(s) >= ||p|| - C[cell of s's non-position coordinates].
+
+    C[cell] = max over the cell's corner nodes v (non-position coordinates) of max over the position nodes p of
+    ||p|| - V0(p, v), plus a rounding allowance. The multilinear weights reproduce p and the norm is convex, so
+    V(s) = sum_c w_c V_c >= sum_c w_c (||p_c|| - C) >= ||p|| - C everywhere in the grid (and V = +inf beyond it):
+    a cheap bound used to skip lookups that cannot change the prioritization or the Prop. 1 count. Returns the
+    flat table (float64) and its strides per dim (0 for the position dims; cells in the grid's node order, a
+    periodic dim has as many cells as nodes).
+    """
+    cached = getattr(vf, "_filter_norm_table", None)
+    if cached is not None:
+        return cached
+    packed, lo, inv_dx, npts, per, _ = vf.kernel_args()
+    shape = tuple(int(k) for k in npts)
+    v = np.asarray(packed[:, 0], dtype=np.float64).reshape(shape)
+    px = lo[0] + np.arange(shape[0]) / inv_dx[0]
+    py = lo[1] + np.arange(shape[1]) / inv_dx[1]
+    r = np.hypot(px[:, None], py[None, :]).reshape(shape[:2] + (1,) * (v.ndim - 2))
+    c = np.max(r - v, axis=(0, 1)) if v.size else np.zeros(shape[2:])
+    for ax in range(c.ndim):            # node maxima -> cell maxima (max of the two nodes of each cell)
+        nxt = np.roll(c, -1, axis=ax)
+        if not per[ax + 2]:
+            c = np.maximum(c, nxt).take(np.arange(shape[ax + 2] - 1), axis=ax)
         else:
-            gmax += c[k] * min(max(ref[k], lo[k]), hi[k])
-    if gmax < b:
-        for k in range(m):
-            if dw[k] > 0.0 and c[k] != 0.0:
-                out[k] = hi[k] if c[k] > 0.0 else lo[k]
-            else:
-                out[k] = min(max(ref[k], lo[k]), hi[k])
-        return 2
-    # breakpoints lam > 0 where ref_k + lam dw_k c_k crosses lo_k or hi_k
-    bp = np.empty(2 * m + 1)
-    nb = 0
-    for k in range(m):
-        s = dw[k] * c[k]
-        if s != 0.0:
-            for bound in (lo[k], hi[k]):
-                t = (bound - ref[k]) / s
-                if t > 0.0:
-                    bp[nb] = t
-                    nb += 1
-    bps = np.sort(bp[:nb])
-    lam_prev = 0.0
-    g_prev = g0
-    lam = -1.0
-    for q in range(nb):
-        lam_q = bps[q]
-        g_q = _g_at(lam_q, ref, lo, hi, dw, c)
-        if g_q >= b:
-            if g_q > g_prev:
-                lam = lam_prev + (b - g_prev) * (lam_q - lam_prev) / (g_q - g_prev)
-            else:
-                lam = lam_q
-            break
-        lam_prev = lam_q
-        g_prev = g_q
-    if lam < 0.0:  # numerically at gmax: the last breakpoint
-        lam = bps[nb - 1] if nb > 0 else 0.0
-    for k in range(m):
-        u = ref[k] + lam * dw[k] * c[k]
-        out[k] = min(max(u, lo[k]), hi[k])
-    return 1
+            c = np.maximum(c, nxt)
+    scale = 1.0 + float(np.max(np.abs(v))) + float(np.max(r))
+    table = np.ascontiguousarray(np.maximum(c, 0.0) + 1e-6 * scale, dtype=np.float64).reshape(-1)
+    tstr = np.zeros(v.ndim, dtype=np.int64)
+    st = 1
+    for ax in range(v.ndim - 1, 1, -1):
+        tstr[ax] = st
+        st *= c.shape[ax - 2]
+    vf._filter_norm_table = (table, tstr)
+    return vf._filter_norm_table
 
 
 # ------------------------------------------------------------------------------------- per-model kernels
@@ -161,13 +248,23 @@ def _build_kernels(model):
     k_dim = model.n_agent_states
     m = model.n_controls
     n = model.n_states
-    interp_point = interp.interp_point
+    n_corner = 1 << m
+    OUTSIDE = interp.OUTSIDE
+    interp4 = interp._interp4
+    interp5 = interp._interp5
+    interp_gen = interp._interp_generic
+    axis = interp._axis
 
-    @njit(nogil=True, inline="always")
-    def barrier(packed, lo, inv_dx, npts, per, strides, S, row, shift, d, want_grad, g, isc, wsc):
+    @njit(nogil=True, _nrt=False)
+    def barrier(gp, glo, ginv, gn, gper, gstr, S, row, shift, d, want_grad, g, isc, wsc):
         """B = min(V(S[row]) - shift, ||p|| - d) and its gradient (into g); returns (B, status)."""
-        v, st = interp_point(packed, lo, inv_dx, npts, per, strides, S, row, shift, want_grad, g, isc, wsc)
-        if st > interp.OUTSIDE:
+        if n == 4:
+            v, st = interp4(gp, glo, ginv, gn, gper, gstr, S, row, shift, want_grad, g)
+        elif n == 5:
+            v, st = interp5(gp, glo, ginv, gn, gper, gstr, S, row, shift, want_grad, g)
+        else:
+            v, st = interp_gen(gp, glo, ginv, gn, gper, gstr, S, row, shift, want_grad, g, isc, wsc)
+        if st > OUTSIDE:
             return v, st
         dist = math.sqrt(S[row, 0] * S[row, 0] + S[row, 1] * S[row, 1])
         if dist - d < v:
@@ -180,55 +277,56 @@ def _build_kernels(model):
                     g[1] = S[row, 1] / dist
         return v, st
 
-    @njit(nogil=True, inline="always")
-    def predict_barrier(gp, glo, ginv, gn, gper, gstr, shift, d, xa, xb, ua, ub, tau, work_x, work_u, isc, wsc,
-                        g):
-        """B at the relative state after holding ua (agent a) and ub (agent b) for tau."""
-        for q in range(k_dim):
-            work_x[0, q] = xa[q]
-            work_x[1, q] = xb[q]
-        for q in range(m):
-            work_u[0, q] = ua[q]
-            work_u[1, q] = ub[q]
-        nxt = step(work_x, work_u, tau)
-        s = rel(nxt[0:1], nxt[1:2])
-        v, st = barrier(gp, glo, ginv, gn, gper, gstr, s, 0, shift, d, False, g, isc, wsc)
-        return v
-
-    @njit(nogil=True, inline="always")
-    def check_slack(gp, glo, ginv, gn, gper, gstr, shift, d, pair, u, cooperative, plo, phi, B, gamma, dt,
-                    n_checks, ua, ub, work_x, work_u, isc, wsc, g):
-        """Sampled-data check of the pair action u (joint, or the ego's in worst_case mode) by exact prediction:
-        returns (slack, deficit) = (min over check times (and opponent corners) of B(tau) - (1 - gamma tau) B,
-        max of the deficit rate ((1 - gamma tau) B - B(tau)) / tau, >= 0)."""
-        for q in range(m):
-            ua[q] = u[q]
-            if cooperative:
-                ub[q] = u[m + q]
-        slack = math.inf
-        deficit = 0.0
-        n_corner = 1 << m
+    @njit(nogil=True)
+    def eval_rows(grid, shift, d, XA, XB, Bq, blo, bhi, rows_pair, U, L, cooperative, gamma, dt, n_checks,
+                  bound, slack, deficit, isc, wsc, g):
+        """Sampled-data check of L candidate actions, batched: row r is U[r] (joint, or the ego's) for pair
+        rows_pair[r]. Fills slack[r] = min over check times (and opponent corners) of B(tau) - (1 - gamma tau) B
+        and deficit[r] = max of ((1 - gamma tau) B - B(tau)) / tau (>= 0). Stops early once every row has
+        slack < 0 and slack <= bound (then slack is an upper bound: such rows can neither pass nor beat bound)."""
+        gp, glo, ginv, gn, gper, gstr = grid
+        C = 1 if cooperative else n_corner
+        R = L * C
+        X = np.empty((2 * R, k_dim))
+        UU = np.empty((2 * R, m))
+        for r in range(L):
+            q = rows_pair[r]
+            slack[r] = math.inf
+            deficit[r] = 0.0
+            for cc in range(C):
+                w = r * C + cc
+                for z in range(k_dim):
+                    X[w, z] = XA[q, z]
+                    X[R + w, z] = XB[q, z]
+                for z in range(m):
+                    UU[w, z] = U[r, z]
+                    if cooperative:
+                        UU[R + w, z] = U[r, m + z]
+                    else:
+                        UU[R + w, z] = bhi[q, z] if (cc >> z) & 1 else blo[q, z]
         for qc in range(1, n_checks + 1):
             tau = dt * qc / n_checks
-            target_b = (1.0 - gamma * tau) * B
-            if cooperative:
-                vb = predict_barrier(gp, glo, ginv, gn, gper, gstr, shift, d, pair[0], pair[1], ua, ub, tau,
-                                     work_x, work_u, isc, wsc, g)
-                slack = min(slack, vb - target_b)
-                deficit = max(deficit, (target_b - vb) / tau)
-            else:
-                for corner in range(n_corner):
-                    for q in range(m):
-                        ub[q] = phi[1, q] if (corner >> q) & 1 else plo[1, q]
-                    vb = predict_barrier(gp, glo, ginv, gn, gper, gstr, shift, d, pair[0], pair[1], ua, ub, tau,
-                                         work_x, work_u, isc, wsc, g)
-                    slack = min(slack, vb - target_b)
-                    deficit = max(deficit, (target_b - vb) / tau)
-        return slack, deficit
+            Xn = step(X, UU, tau)
+            Sn = rel(Xn[:R], Xn[R:])
+            alive = False
+            for r in range(L):
+                target_b = (1.0 - gamma * tau) * Bq[rows_pair[r]]
+                for cc in range(C):
+                    vb, st = barrier(gp, glo, ginv, gn, gper, gstr, Sn, r * C + cc, shift, d, False, g, isc, wsc)
+                    if st > OUTSIDE:        # the prediction left the grid's bounds: never extrapolate
+                        slack[r] = -math.inf
+                        continue
+                    slack[r] = min(slack[r], vb - target_b)
+                    deficit[r] = max(deficit[r], (target_b - vb) / tau)
+                if slack[r] >= 0.0 or slack[r] > bound:
+                    alive = True
+            if not alive:
+                break
 
     @njit(nogil=True)
-    def core(states, nominal, known, ids, targets, indptr, indices, cooperative, grid, shift, d,
-             has_w, grid_w, shift_w, has_c, grid_c, shift_c, rc, resp, gamma, dt, n_checks, max_iter, lam_skip, vertex_search):
+    def core(states, nominal, known, ids, targets, indptr, indices, cooperative, grid, shift, d, has_w, grid_w,
+             shift_w, has_c, grid_c, shift_c, rc, resp, resp_uniform, gamma, dt, n_checks, max_iter, lam_skip,
+             vertex_search, mtab, mtst, wtab, wtst):
         N = states.shape[0]
         T = targets.shape[0]
         u_out = np.empty((T, m))
@@ -238,237 +336,433 @@ def _build_kernels(model):
         n_in_rc = np.zeros(T, dtype=np.int64)
         conflict_free = np.zeros(T, dtype=np.bool_)
         margin = np.zeros(T)
-        err = np.full(3, -1, dtype=np.int64)   # (status, agent, neighbour) of the first bad relative state
+        changed = np.zeros(T, dtype=np.bool_)
+        err = np.full(3, -1, dtype=np.int64)   # (code, agent, neighbour / column) of the first bad input
         gp, glo, ginv, gn, gper, gstr = grid
         wp, wlo, winv, wn, wper, wstr = grid_w
         cp, clo, cinv, cn, cper, cstr = grid_c
         g = np.empty(n)
         isc, wsc = interp.make_scratch(n)
-        # ---- all (target, neighbour) relative states in one batch
-        P = 0
+        # ---- relative states of all (target, neighbour) pairs, one batch
+        tgt_of = np.full(N, -1, dtype=np.int64)
+        off = np.zeros(T + 1, dtype=np.int64)
         for t in range(T):
             i = targets[t]
-            P += indptr[i + 1] - indptr[i]
+            tgt_of[i] = t
+            off[t + 1] = off[t] + indptr[i + 1] - indptr[i]
+        P = off[T]
         E = np.empty((P, k_dim))
         O = np.empty((P, k_dim))
-        p = 0
+        nb = np.empty(P, dtype=np.int64)
+        E_of = np.empty(P, dtype=np.int64)
         for t in range(T):
             i = targets[t]
-            for e in range(indptr[i], indptr[i + 1]):
-                E[p] = states[i]
-                O[p] = states[indices[e]]
-                p += 1
-        S = rel(E, O)
-        tb = np.empty((T, k_dim))
-        for t in range(T):
-            tb[t] = states[targets[t]]
-        box_lo, box_hi = bnd(tb)
-        # ---- prioritization, conflict-range counts, Prop. 1
-        p = 0
-        for t in range(T):
-            i = targets[t]
-            best = math.inf
-            best_j = -1
-            n_w = 0
-            j_w = -1
-            s_w = -1
+            p = off[t]
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
+                nb[p] = j
+                E_of[p] = i
+                for z in range(k_dim):
+                    E[p, z] = states[i, z]
+                    O[p, z] = states[j, z]
+                p += 1
+        S = rel(E, O)
+        # ---- distances, lower bounds of the barriers (`norm_deficit_table`) and the grids' non-position bounds
+        # (checked here for every pair, so a skipped lookup never hides an invalid state); written out inline:
+        # no calls in this loop over all pairs
+        dist = np.empty(P)
+        lbm = np.empty(P)
+        lbw = np.empty(P)
+        for p in range(P):
+            dd = math.sqrt(S[p, 0] * S[p, 0] + S[p, 1] * S[p, 1])
+            dist[p] = dd
+            idx = 0
+            for q in range(interp.N_POSITION_DIMS, n):
+                mq = gn[q]
+                u = (S[p, q] - glo[q]) * ginv[q]
+                if gper[q]:
+                    u = u - math.floor(u / mq) * mq
+                    i0 = min(max(int(math.floor(u)), 0), mq - 1)
+                else:
+                    top = mq - 1
+                    if u < 0.0 or u > top:
+                        if u < -interp.BOUND_TOL * top or u > top + interp.BOUND_TOL * top:
+                            err[0] = interp.BOUNDS_BASE + 2 * q
+                            err[1] = E_of[p]
+                            err[2] = nb[p]
+                            return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
+                        u = min(max(u, 0.0), float(top))
+                    i0 = min(int(u), top - 1)
+                idx += i0 * mtst[q]
+            lbm[p] = min(dd - mtab[idx] - shift, dd - d)
+            if has_w:
+                idx = 0
+                for q in range(interp.N_POSITION_DIMS, n):
+                    mq = wn[q]
+                    u = (S[p, q] - wlo[q]) * winv[q]
+                    if wper[q]:
+                        u = u - math.floor(u / mq) * mq
+                        i0 = min(max(int(math.floor(u)), 0), mq - 1)
+                    else:
+                        top = mq - 1
+                        if u < 0.0 or u > top:
+                            if u < -interp.BOUND_TOL * top or u > top + interp.BOUND_TOL * top:
+                                err[0] = interp.BOUNDS_BASE + 2 * q
+                                err[1] = E_of[p]
+                                err[2] = nb[p]
+                                return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
+                            u = min(max(u, 0.0), float(top))
+                        i0 = min(int(u), top - 1)
+                    idx += i0 * wtst[q]
+                lbw[p] = min(dd - wtab[idx] - shift_w, dd - d)
+        # ---- prioritization, conflict-range counts, Prop. 1
+        for t in range(T):
+            i = targets[t]
+            p0 = off[t]
+            p1 = off[t + 1]
+            near_p = -1
+            near_d = math.inf
+            cnt = 0
+            for p in range(p0, p1):
+                dd = dist[p]
+                if dd < rc:
+                    cnt += 1
+                if dd < near_d:
+                    near_d = dd
+                    near_p = p
+            n_in_rc[t] = cnt
+            best = math.inf
+            best_j = -1
+            for kk in range(p1 - p0 + 1):       # the nearest neighbour first, then the others
+                if kk == 0:
+                    p = near_p
+                    if p < 0:
+                        break
+                else:
+                    p = p0 + kk - 1
+                    if p == near_p:
+                        continue
+                j = nb[p]
+                if lbm[p] > best:      # B_j >= lbm > best: cannot be the minimum
+                    continue
                 v, st = barrier(gp, glo, ginv, gn, gper, gstr, S, p, shift, d, False, g, isc, wsc)
-                if st > interp.OUTSIDE:
+                if st > OUTSIDE:
                     err[0] = st
                     err[1] = i
                     err[2] = j
-                    return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, err
+                    return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
                 if v < best or (v == best and best_j >= 0 and j < best_j):
                     best = v
                     best_j = j
-                dist = math.sqrt(S[p, 0] * S[p, 0] + S[p, 1] * S[p, 1])
-                if dist < rc:
-                    n_in_rc[t] += 1
-                if has_w:
-                    vw, stw = barrier(wp, wlo, winv, wn, wper, wstr, S, p, shift_w, d, False, g, isc, wsc)
-                    if stw > interp.OUTSIDE:
-                        err[0] = stw
-                        err[1] = i
-                        err[2] = j
-                        return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, err
-                    if vw < 0.0:
-                        n_w += 1
-                        j_w = j
-                        s_w = p
-                p += 1
             pair_value[t] = best
             if best < math.inf:
                 partner[t] = best_j
-            if has_w and has_c:
-                if n_w == 0:
-                    conflict_free[t] = True
-                elif n_w == 1:
-                    vc, stc = barrier(cp, clo, cinv, cn, cper, cstr, S, s_w, shift_c, d, False, g, isc, wsc)
-                    conflict_free[t] = stc <= interp.OUTSIDE and vc >= 0.0
-        # ---- the filter, per target agent
-        mm = 2 * m if cooperative else m
-        ref = np.empty(mm)
-        lo = np.empty(mm)
-        hi = np.empty(mm)
-        dw = np.empty(mm)
-        c = np.empty(mm)
-        u = np.empty(mm)
-        u_best = np.empty(mm)
-        cb = np.empty(m)
-        ua = np.empty(m)
-        ub = np.empty(m)
-        pair = np.empty((2, k_dim))
-        work_x = np.empty((2, k_dim))
-        work_u = np.empty((2, m))
+            if has_w:
+                n_w = 0
+                s_w = -1
+                for p in range(p0, p1):
+                    if lbw[p] > 0.0:   # B_w >= lbw > 0 without a lookup
+                        continue
+                    vw, stw = barrier(wp, wlo, winv, wn, wper, wstr, S, p, shift_w, d, False, g, isc, wsc)
+                    if stw > OUTSIDE:
+                        err[0] = stw
+                        err[1] = i
+                        err[2] = nb[p]
+                        return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
+                    if vw < 0.0:
+                        n_w += 1
+                        s_w = p
+                if has_c:
+                    if n_w == 0:
+                        conflict_free[t] = True
+                    elif n_w == 1:
+                        vc, stc = barrier(cp, clo, cinv, cn, cper, cstr, S, s_w, shift_c, d, False, g, isc, wsc)
+                        conflict_free[t] = stc <= OUTSIDE and vc >= 0.0
+        # ---- the pair problems (a mutual cooperative pair is one problem, solved once)
+        pair_t = np.full(T, -1, dtype=np.int64)
+        pa = np.empty(T, dtype=np.int64)
+        pb = np.empty(T, dtype=np.int64)
+        Q = 0
         for t in range(T):
             i = targets[t]
             j = partner[t]
             if j < 0:
-                for q in range(m):
-                    u_out[t, q] = min(max(nominal[i, q], box_lo[t, q]), box_hi[t, q])
-                status[t] = NO_PARTNER
                 continue
+            a = i
+            b = j
             if cooperative and ids[j] < ids[i]:
                 a = j
                 b = i
-                ego_is_a = False
-            else:
-                a = i
-                b = j
-                ego_is_a = True
-            pair[0] = states[a]
-            pair[1] = states[b]
-            s2 = rel(pair[0:1], pair[1:2])
-            f, Ga, Gb = aff(s2)
-            plo, phi = bnd(pair)
-            B, st = barrier(gp, glo, ginv, gn, gper, gstr, s2, 0, shift, d, True, g, isc, wsc)
-            if st > interp.OUTSIDE:
-                err[0] = st
-                err[1] = a
-                err[2] = b
-                return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, err
-            if B == math.inf:   # the canonical view is beyond the grid's extent: no interaction
-                for q in range(m):
-                    u_out[t, q] = min(max(nominal[i, q], box_lo[t, q]), box_hi[t, q])
-                status[t] = NOMINAL_SAFE
-                continue
-            gf = 0.0
-            for q in range(n):
-                gf += g[q] * f[0, q]
-            for q in range(m):
-                ca = 0.0
-                cbq = 0.0
-                for r in range(n):
-                    ca += g[r] * Ga[0, r, q]
-                    cbq += g[r] * Gb[0, r, q]
-                c[q] = ca
-                cb[q] = cbq
-                ref[q] = nominal[a, q] if known[a] else 0.0
-                lo[q] = plo[0, q]
-                hi[q] = phi[0, q]
-            const = gf
             if cooperative:
-                ra = resp[a]
-                rb = resp[b]
-                if ra + rb <= 0.0:
-                    ra = 1.0
-                    rb = 1.0
-                for q in range(m):
-                    dw[q] = ra
-                    c[m + q] = cb[q]
-                    ref[m + q] = nominal[b, q] if known[b] else 0.0
-                    lo[m + q] = plo[1, q]
-                    hi[m + q] = phi[1, q]
-                    dw[m + q] = rb
-            else:
-                for q in range(m):
-                    dw[q] = 1.0
-                    const += min(cb[q] * plo[1, q], cb[q] * phi[1, q])
-            # the check can only fail when gamma B < Lambda
-            need_check = not (gamma * B >= lam_skip)
-            mu = 0.0
-            best_slack = -math.inf
-            accepted = False
-            final = NOMINAL_SAFE
+                tj = tgt_of[j]
+                if 0 <= tj < t and partner[tj] == i and pair_t[tj] >= 0:
+                    qj = pair_t[tj]
+                    if pa[qj] == a and pb[qj] == b:
+                        pair_t[t] = qj
+                        continue
+            pa[Q] = a
+            pb[Q] = b
+            pair_t[t] = Q
+            Q += 1
+        mm = 2 * m if cooperative else m
+        XA = np.empty((Q, k_dim))
+        XB = np.empty((Q, k_dim))
+        for q in range(Q):
+            for z in range(k_dim):
+                XA[q, z] = states[pa[q], z]
+                XB[q, z] = states[pb[q], z]
+        ubest = np.empty((Q, mm))
+        pstatus = np.zeros(Q, dtype=np.int64)
+        pmargin = np.zeros(Q)
+        if Q > 0:
+            S2 = rel(XA, XB)
+            f, Ga, Gb = aff(S2)
+            alo, ahi = bnd(XA)
+            blo, bhi = bnd(XB)
+            REF = np.empty((Q, mm))
+            LO = np.empty((Q, mm))
+            HI = np.empty((Q, mm))
+            DW = np.empty((Q, mm))
+            CC = np.empty((Q, mm))
+            U = np.empty((Q, mm))
+            Bq = np.empty(Q)
+            const = np.empty(Q)
+            code = np.zeros(Q, dtype=np.int64)
+            mu = np.zeros(Q)
+            best_slack = np.full(Q, -math.inf)
+            act = np.empty(Q, dtype=np.int64)
+            fail = np.empty(Q, dtype=np.int64)
+            na = 0
+            nf = 0
+            for q in range(Q):
+                a = pa[q]
+                b = pb[q]
+                B, st = barrier(gp, glo, ginv, gn, gper, gstr, S2, q, shift, d, True, g, isc, wsc)
+                if st > OUTSIDE:
+                    err[0] = st
+                    err[1] = a
+                    err[2] = b
+                    return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
+                Bq[q] = B
+                gf = 0.0
+                for r in range(n):
+                    gf += g[r] * f[q, r]
+                cst = gf
+                ra = 1.0
+                rb = 1.0
+                if cooperative and not resp_uniform:
+                    ra = resp[a]
+                    rb = resp[b]
+                    if ra + rb <= 0.0:
+                        ra = 1.0
+                        rb = 1.0
+                for z in range(m):
+                    ca = 0.0
+                    cbz = 0.0
+                    for r in range(n):
+                        ca += g[r] * Ga[q, r, z]
+                        cbz += g[r] * Gb[q, r, z]
+                    CC[q, z] = ca
+                    REF[q, z] = nominal[a, z] if known[a] else 0.0
+                    LO[q, z] = alo[q, z]
+                    HI[q, z] = ahi[q, z]
+                    DW[q, z] = ra
+                    if cooperative:
+                        CC[q, m + z] = cbz
+                        REF[q, m + z] = nominal[b, z] if known[b] else 0.0
+                        LO[q, m + z] = blo[q, z]
+                        HI[q, m + z] = bhi[q, z]
+                        DW[q, m + z] = rb
+                    else:
+                        cst += min(cbz * blo[q, z], cbz * bhi[q, z])
+                const[q] = cst
+                code[q] = _solve_rows(REF, LO, HI, DW, CC, q, -gamma * B - cst, U)
+                if B == math.inf or gamma * B >= lam_skip:      # the check cannot fail
+                    for z in range(mm):
+                        ubest[q, z] = U[q, z]
+                    pstatus[q] = NOMINAL_SAFE + code[q]
+                else:
+                    act[na] = q
+                    na += 1
+            # ---- sampled-data check, all pending pairs at once per round
+            slack = np.empty(Q)
+            deficit = np.empty(Q)
+            rows_u = np.empty((Q, mm))
             for it in range(max_iter + 1):
-                code = solve_halfspace_box(ref, lo, hi, dw, c, mu - gamma * B - const, u)
-                if not need_check:
-                    accepted = True
-                    for q in range(mm):
-                        u_best[q] = u[q]
-                    final = NOMINAL_SAFE if code == 0 else (CORRECTED if code == 1 else MOST_SAFE)
+                if na == 0:
                     break
-                slack, deficit = check_slack(gp, glo, ginv, gn, gper, gstr, shift, d, pair, u, cooperative, plo,
-                                             phi, B, gamma, dt, n_checks, ua, ub, work_x, work_u, isc, wsc, g)
-                if slack > best_slack:
-                    best_slack = slack
-                    for q in range(mm):
-                        u_best[q] = u[q]
-                    margin[t] = mu
-                if slack >= 0.0:
-                    accepted = True
-                    final = NOMINAL_SAFE if code == 0 else (CORRECTED if code == 1 else MOST_SAFE)
-                    break
-                if code == 2:
-                    break
-                mu += 1.25 * deficit + 1e-9 * (1.0 + abs(mu))
-            if not accepted and vertex_search:
-                # vertex search: every combination of {lo, clip(ref), hi} per free component; the cheapest
-                # candidate passing the sampled-data check, else the one with the largest slack
-                best_cost = math.inf
+                for r in range(na):
+                    for z in range(mm):
+                        rows_u[r, z] = U[act[r], z]
+                eval_rows(grid, shift, d, XA, XB, Bq, blo, bhi, act, rows_u, na, cooperative, gamma, dt, n_checks,
+                          -math.inf, slack, deficit, isc, wsc, g)
+                nn = 0
+                for r in range(na):
+                    q = act[r]
+                    if slack[r] > best_slack[q]:
+                        best_slack[q] = slack[r]
+                        for z in range(mm):
+                            ubest[q, z] = U[q, z]
+                        pmargin[q] = mu[q]
+                    if slack[r] >= 0.0:
+                        pstatus[q] = NOMINAL_SAFE + code[q]
+                        continue
+                    if code[q] == 2 or it == max_iter or not math.isfinite(deficit[r]):
+                        fail[nf] = q
+                        nf += 1
+                        continue
+                    mu[q] += 1.25 * deficit[r] + 1e-9 * (1.0 + abs(mu[q]))
+                    code[q] = _solve_rows(REF, LO, HI, DW, CC, q, mu[q] - gamma * Bq[q] - const[q], U)
+                    act[nn] = q
+                    nn += 1
+                na = nn
+            # ---- vertex search for the pairs no linear candidate could make pass
+            if nf > 0 and vertex_search:
                 n_comb = 1
-                for q in range(mm):
+                for z in range(mm):
                     n_comb *= 3
-                for comb in range(n_comb):
-                    code3 = comb
-                    for q in range(mm):
-                        level = code3 % 3
-                        code3 //= 3
-                        r_q = min(max(ref[q], lo[q]), hi[q])
-                        if dw[q] <= 0.0 or level == 0:
-                            u[q] = r_q
-                        else:
-                            u[q] = lo[q] if level == 1 else hi[q]
-                    slack, deficit = check_slack(gp, glo, ginv, gn, gper, gstr, shift, d, pair, u, cooperative,
-                                                 plo, phi, B, gamma, dt, n_checks, ua, ub, work_x, work_u, isc,
-                                                 wsc, g)
-                    cost = 0.0
-                    for q in range(mm):
-                        if dw[q] > 0.0:
-                            cost += (u[q] - ref[q]) ** 2 / dw[q]
-                    if slack > best_slack:
-                        best_slack = slack
-                        for q in range(mm):
-                            u_best[q] = u[q]
-                accepted = best_slack >= 0.0
-                final = SEARCHED if accepted else BEST_EFFORT
-            elif not accepted:
-                final = BEST_EFFORT
-            status[t] = final
-            off = 0 if (ego_is_a or not cooperative) else m
-            for q in range(m):
-                u_out[t, q] = u_best[off + q]
-        return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, err
+                cand = np.empty((n_comb, mm))
+                cost = np.empty(n_comb)
+                rows_p = np.empty(n_comb, dtype=np.int64)
+                vs = np.empty(n_comb)
+                vd = np.empty(n_comb)
+                for h in range(nf):
+                    q = fail[h]
+                    for comb in range(n_comb):
+                        code3 = comb
+                        cst = 0.0
+                        for z in range(mm):
+                            level = code3 % 3
+                            code3 //= 3
+                            r_z = min(max(REF[q, z], LO[q, z]), HI[q, z])
+                            if DW[q, z] <= 0.0 or level == 0:
+                                u_z = r_z
+                            else:
+                                u_z = LO[q, z] if level == 1 else HI[q, z]
+                            cand[comb, z] = u_z
+                            if DW[q, z] > 0.0:
+                                cst += (u_z - REF[q, z]) ** 2 / DW[q, z]
+                        cost[comb] = cst
+                        rows_p[comb] = q
+                    eval_rows(grid, shift, d, XA, XB, Bq, blo, bhi, rows_p, cand, n_comb, cooperative, gamma, dt,
+                              n_checks, best_slack[q], vs, vd, isc, wsc, g)
+                    pick = -1
+                    for comb in range(n_comb):       # the cheapest passing candidate
+                        if vs[comb] >= 0.0 and (pick < 0 or cost[comb] < cost[pick]):
+                            pick = comb
+                    if pick >= 0:
+                        pstatus[q] = SEARCHED
+                        best_slack[q] = vs[pick]
+                    else:                            # else the largest slack (linear candidates included)
+                        pstatus[q] = BEST_EFFORT
+                        for comb in range(n_comb):
+                            if vs[comb] > best_slack[q]:
+                                best_slack[q] = vs[comb]
+                                pick = comb
+                    if pick >= 0:
+                        for z in range(mm):
+                            ubest[q, z] = cand[pick, z]
+            else:
+                for h in range(nf):
+                    pstatus[fail[h]] = BEST_EFFORT
+        # ---- per-agent outputs
+        n_free = 0
+        for t in range(T):
+            if pair_t[t] < 0:
+                n_free += 1
+        XF = np.empty((n_free, k_dim))
+        n_free = 0
+        for t in range(T):
+            if pair_t[t] < 0:
+                for z in range(k_dim):
+                    XF[n_free, z] = states[targets[t], z]
+                n_free += 1
+        flo, fhi = bnd(XF)
+        n_free = 0
+        for t in range(T):
+            i = targets[t]
+            q = pair_t[t]
+            if q < 0:
+                for z in range(m):
+                    u_out[t, z] = min(max(nominal[i, z], flo[n_free, z]), fhi[n_free, z])
+                n_free += 1
+                status[t] = NO_PARTNER
+            else:
+                o = m if (cooperative and pb[q] == i) else 0
+                for z in range(m):
+                    u_out[t, z] = ubest[q, o + z]
+                status[t] = pstatus[q]
+                margin[t] = pmargin[q]
+            for z in range(m):
+                if abs(u_out[t, z] - nominal[i, z]) > 1e-12 * (1.0 + abs(nominal[i, z])):
+                    changed[t] = True
+        return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
 
     @njit(nogil=True)
-    def filter_all(states, nominal, resp, obs_range, cooperative, grid, shift, d, has_w, grid_w, shift_w, has_c,
-                   grid_c, shift_c, rc, gamma, dt, n_checks, max_iter, lam_skip, vertex_search):
+    def check_inputs(states, nominal, known, err):
+        for i in range(states.shape[0]):
+            for z in range(k_dim):
+                if not math.isfinite(states[i, z]):
+                    err[0] = _ERR_STATE
+                    err[1] = i
+                    err[2] = z
+                    return False
+            if known[i]:
+                for z in range(m):
+                    if not math.isfinite(nominal[i, z]):
+                        err[0] = _ERR_NOMINAL
+                        err[1] = i
+                        err[2] = z
+                        return False
+        return True
+
+    @njit(nogil=True)
+    def filter_all(states, nominal, resp, resp_uniform, obs_range, cooperative, grid, shift, d, has_w, grid_w,
+                   shift_w, has_c, grid_c, shift_c, rc, gamma, dt, n_checks, max_iter, lam_skip, vertex_search, mtab,
+                   mtst, wtab, wtst):
         N = states.shape[0]
-        pos = np.ascontiguousarray(states[:, :2])
-        indptr, indices = neighbor_lists(pos, obs_range)
         known = np.ones(N, dtype=np.bool_)
+        err = np.full(3, -1, dtype=np.int64)
+        if not check_inputs(states, nominal, known, err):
+            T0 = np.empty(0, dtype=np.int64)
+            return (np.empty((0, m)), T0, np.empty(0), T0, T0, np.empty(0, dtype=np.bool_), np.empty(0),
+                    np.empty(0, dtype=np.bool_), err, np.empty((0, 2), dtype=np.int64))
+        pos = np.empty((N, 2))
+        for i in range(N):
+            pos[i, 0] = states[i, 0]
+            pos[i, 1] = states[i, 1]
+        indptr, indices = neighbor_lists(pos, obs_range)
         ids = np.arange(N)
-        out = core(states, nominal, known, ids, ids, indptr, indices, cooperative, grid, shift, d, has_w, grid_w,
-                   shift_w, has_c, grid_c, shift_c, rc, resp, gamma, dt, n_checks, max_iter, lam_skip, vertex_search)
-        return out
+        u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err = core(
+            states, nominal, known, ids, ids, indptr, indices, cooperative, grid, shift, d, has_w, grid_w, shift_w,
+            has_c, grid_c, shift_c, rc, resp, resp_uniform, gamma, dt, n_checks, max_iter, lam_skip, vertex_search,
+            mtab, mtst, wtab, wtst)
+        K = 0
+        for i in range(N):
+            j = partner[i]
+            if j > i and partner[j] == i:
+                K += 1
+        pairs = np.empty((K, 2), dtype=np.int64)
+        K = 0
+        for i in range(N):
+            j = partner[i]
+            if j > i and partner[j] == i:
+                pairs[K, 0] = i
+                pairs[K, 1] = j
+                K += 1
+        return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err, pairs
 
     @njit(nogil=True)
-    def filter_one(states, nominal, known, ids, resp, obs_range, cooperative, grid, shift, d, has_w, grid_w,
-                   shift_w, has_c, grid_c, shift_c, rc, gamma, dt, n_checks, max_iter, lam_skip, vertex_search):
+    def filter_one(states, nominal, known, ids, resp, resp_uniform, obs_range, cooperative, grid, shift, d, has_w,
+                   grid_w, shift_w, has_c, grid_c, shift_c, rc, gamma, dt, n_checks, max_iter, lam_skip,
+                   vertex_search, mtab, mtst, wtab, wtst):
         """Agent 0 of `states` against rows 1..K (neighbours selected by distance here)."""
         N = states.shape[0]
+        err = np.full(3, -1, dtype=np.int64)
+        if not check_inputs(states, nominal, known, err):
+            T0 = np.empty(0, dtype=np.int64)
+            return (np.empty((0, m)), T0, np.empty(0), T0, T0, np.empty(0, dtype=np.bool_), np.empty(0),
+                    np.empty(0, dtype=np.bool_), err)
         indptr = np.zeros(N + 1, dtype=np.int64)
         idx = np.empty(max(N - 1, 0), dtype=np.int64)
         r2 = obs_range * obs_range
@@ -483,9 +777,45 @@ def _build_kernels(model):
             indptr[q] = cnt
         targets = np.zeros(1, dtype=np.int64)
         return core(states, nominal, known, ids, targets, indptr, idx[:cnt], cooperative, grid, shift, d, has_w,
-                    grid_w, shift_w, has_c, grid_c, shift_c, rc, resp, gamma, dt, n_checks, max_iter, lam_skip, vertex_search)
+                    grid_w, shift_w, has_c, grid_c, shift_c, rc, resp, resp_uniform, gamma, dt, n_checks, max_iter,
+                    lam_skip, vertex_search, mtab, mtst, wtab, wtst)
 
-    return filter_all, filter_one
+    @njit(nogil=True)
+    def filter_agent(ego, ego_nom, others, others_nom, has_nom, ego_id, nb_ids, has_ids, resp, resp_uniform,
+                     obs_range, cooperative, gp, glo, ginv, gn, gper, gstr, shift, d, has_w, wp, wlo, winv, wn, wper,
+                     wstr, shift_w, has_c, cp, clo, cinv, cn, cper, cstr, shift_c, rc, gamma, dt, n_checks, max_iter,
+                     lam_skip, vertex_search, mtab, mtst, wtab, wtst):
+        """`filter_one` for the controller loop: assembles the rows here (few Python operations per call; the grid
+        tuples are passed flat, which numba's dispatcher types faster). Partner is returned as a neighbour row."""
+        K = others.shape[0]
+        states = np.empty((K + 1, k_dim))
+        nominal = np.zeros((K + 1, m))
+        known = np.zeros(K + 1, dtype=np.bool_)
+        ids = np.empty(K + 1, dtype=np.int64)
+        for z in range(k_dim):
+            states[0, z] = ego[z]
+        for z in range(m):
+            nominal[0, z] = ego_nom[z]
+        known[0] = True
+        ids[0] = ego_id if has_ids else 0
+        for r in range(K):
+            for z in range(k_dim):
+                states[r + 1, z] = others[r, z]
+            if has_nom:
+                for z in range(m):
+                    nominal[r + 1, z] = others_nom[r, z]
+                known[r + 1] = True
+            ids[r + 1] = nb_ids[r] if has_ids else r + 1
+        out = filter_one(states, nominal, known, ids, resp, resp_uniform, obs_range, cooperative,
+                         (gp, glo, ginv, gn, gper, gstr), shift, d, has_w, (wp, wlo, winv, wn, wper, wstr), shift_w,
+                         has_c, (cp, clo, cinv, cn, cper, cstr), shift_c, rc, gamma, dt, n_checks, max_iter,
+                         lam_skip, vertex_search, mtab, mtst, wtab, wtst)
+        partner = out[1]
+        for t in range(partner.shape[0]):
+            partner[t] = partner[t] - 1 if partner[t] >= 1 else -1
+        return out
+
+    return filter_all, filter_one, filter_agent
 
 
 def _kernels_for(model):
@@ -501,9 +831,10 @@ class FilterResult:
 
     actions (N, m): the actions to apply (always inside the state-dependent box).
     partner (N,) int: the prioritized neighbour (-1 if none).
-    pair_value (N,): B = min(V, ||p||) - d (m) against the partner (+inf if none), the mode's game.
+    pair_value (N,): B = min(V, ||p||) - d (m) against the partner (+inf if none), the mode's game (V shifted by
+        d and the value margin).
     changed (N,) bool: the applied action differs from the nominal one (clipping to the box counts).
-    status (N,) int: see STATUS_NAMES (no_partner, nominal_safe, corrected, most_safe, best_effort).
+    status (N,) int: see STATUS_NAMES (no_partner, nominal_safe, corrected, most_safe, best_effort, searched).
     margin (N,): the sampled-data margin mu (m/s) the accepted action was computed with.
     collision_pairs (K, 2) int: potential collision pairs (i < j that chose each other).
     n_in_conflict_range (N,) int: other agents closer than R_c(d) (-1 when no R_c is known).
@@ -520,6 +851,10 @@ class FilterResult:
     conflict_free: Optional[np.ndarray]
 
 
+_NO_PAIRS = np.empty((0, 2), dtype=np.int64)
+_NO_PAIRS.flags.writeable = False
+
+
 class LayeredSafetyFilter:
     """Pairwise HJ safety filter over many agents (see the module docstring for the method and guarantee).
 
@@ -532,7 +867,8 @@ class LayeredSafetyFilter:
     subtracted from the interpolated value of the mode's game to absorb the grid's error; default the solver's
     measured closed-loop shortfall, max(0, -attrs.validation.worst_separation_excess), else 0); vertex_search:
     when no linear candidate passes the sampled-data check, try every combination of {lo, clip(nominal), hi}
-    per control component (3^(2m) joint candidates) and keep the one with the largest slack.
+    per control component (3^(2m) joint candidates) and keep the cheapest passing one, else the one with the
+    largest slack. The settings are read at every call (changing an attribute takes effect at the next call).
     """
 
     def __init__(self, model, cooperative: ValueFunction | None = None, worst_case: ValueFunction | None = None,
@@ -597,10 +933,11 @@ class LayeredSafetyFilter:
         lip = self.vf.lipschitz.copy()
         lip[0] = max(lip[0], 1.0)
         lip[1] = max(lip[1], 1.0)
-        hi = self.vf.hi.copy()
-        rates = self.model.dissipation_bounds(self.vf.lo, hi)
+        rates = self.model.dissipation_bounds(self.vf.lo, self.vf.hi.copy())
         self.lipschitz_rate = float(np.sum(lip * rates))
-        self._filter_all, self._filter_one = _kernels_for(self.model)
+        self._filter_all, self._filter_one, self._filter_agent = _kernels_for(self.model)
+        self._args_key = None
+        self._args = None
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -616,7 +953,29 @@ class LayeredSafetyFilter:
             raise ValueError("responsibility weights must be finite and >= 0")
         return np.ascontiguousarray(r)
 
-    def _grids(self):
+    _ONE = np.ones(1)
+    _NO_NOMINAL = np.zeros((0, 1))
+    _NO_IDS = np.zeros(0, dtype=np.int64)
+
+    def _resp(self, n):
+        """(weights array, uniform flag) for n agents."""
+        r = self.responsibility
+        if isinstance(r, (int, float)) and not isinstance(r, bool):
+            if not (math.isfinite(r) and r > 0):
+                raise ValueError(f"responsibility must be > 0, got {r}")
+            return self._ONE, True
+        arr = self._check_responsibility(r, n)
+        if np.ndim(r) == 0:
+            return self._ONE, True
+        return arr, False
+
+    def _kernel_args(self):
+        """The grid arguments of the kernels (cached; rebuilt when a setting they depend on changes)."""
+        key = (self.safety_distance, self.value_margin, self.mode, self.gamma_cbf, self.decision_period,
+               self.observation_range, self.n_checks, self.max_iter, self.vertex_search, self.conflict_range,
+               self.lipschitz_rate, id(self.vf), id(self.worst_case_vf), id(self.cooperative_vf))
+        if key == self._args_key:
+            return self._args
         vf = self.vf
         g = vf.kernel_args()
         shift = vf.shift(self.safety_distance if vf.safety_distance is None else None) + self.value_margin
@@ -627,23 +986,34 @@ class LayeredSafetyFilter:
         gc = c.kernel_args() if has_c else g
         sw = w.shift(self.safety_distance if w.safety_distance is None else None) if has_w else 0.0
         sc = c.shift(self.safety_distance if c.safety_distance is None else None) if has_c else 0.0
-        return g, shift, has_w, gw, sw, has_c, gc, sc
+        ctab, cstr = norm_deficit_table(vf)
+        wtab, wstr = norm_deficit_table(w) if has_w else (ctab, cstr)
+        coop = self.mode == "cooperative"
+        self._args = ((coop, g, float(shift), float(self.safety_distance), has_w, gw, float(sw), has_c, gc,
+                       float(sc), float(self.conflict_range)),
+                      (float(self.gamma_cbf), float(self.decision_period), int(self.n_checks), int(self.max_iter),
+                       float(self.lipschitz_rate), bool(self.vertex_search), ctab, cstr, wtab, wstr))
+        self._args_key = key
+        return self._args
 
-    def _agent_array(self, x, width, name, n=None):
+    @staticmethod
+    def _agent_array(x, width, name, n=None):
         a = np.asarray(x, dtype=np.float64)
         if a.ndim != 2 or a.shape[1] != width or (n is not None and a.shape[0] != n):
             want = f"({n if n is not None else 'N'}, {width})"
             raise StateError(f"{name} must have shape {want}, got {np.shape(x)}")
-        if not np.all(np.isfinite(a)):
-            bad = np.argwhere(~np.isfinite(a))[0]
-            raise StateError(f"{name}[{bad[0]}, {bad[1]}] is NaN or infinite")
-        return np.ascontiguousarray(a)
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
-    def _raise(self, err, label_a="agent", label_b="agent"):
-        kind, dim = interp.decode_status(int(err[0]), self.vf.state_names)
-        raise StateError(f"relative state of {label_b} {int(err[2])} seen from {label_a} {int(err[1])}: "
+    def _raise(self, err, states_name="states", nominal_name="nominal_actions"):
+        code = int(err[0])
+        if code == _ERR_STATE:
+            raise StateError(f"{states_name}[{int(err[1])}, {int(err[2])}] is NaN or infinite")
+        if code == _ERR_NOMINAL:
+            raise StateError(f"{nominal_name}[{int(err[1])}, {int(err[2])}] is NaN or infinite")
+        kind, dim = interp.decode_status(code, self.vf.state_names)
+        raise StateError(f"relative state of agent {int(err[2])} seen from agent {int(err[1])}: "
                          f"{self.vf.state_names[dim]} is {'NaN' if kind == 'nan' else 'outside the grid bounds'} "
-                         f"of {self.vf.name}")
+                         f"of the value functions ({self.vf.name})")
 
     # ------------------------------------------------------------------ API
     def filter(self, states, nominal_actions) -> FilterResult:
@@ -652,32 +1022,18 @@ class LayeredSafetyFilter:
         x = self._agent_array(states, k, "states")
         n = x.shape[0]
         u = self._agent_array(nominal_actions, m, "nominal_actions", n)
-        resp = self._check_responsibility(self.responsibility, n)
-        g, shift, has_w, gw, sw, has_c, gc, sc = self._grids()
-        out = self._filter_all(x, u, resp, self.observation_range, self.mode == "cooperative", g, shift,
-                               self.safety_distance, has_w, gw, sw, has_c, gc, sc, self.conflict_range,
-                               self.gamma_cbf, self.decision_period, self.n_checks, self.max_iter,
-                               self.lipschitz_rate, self.vertex_search)
-        actions, partner, pair_value, status, n_in_rc, conflict_free, margin, err = out
-        if err[0] >= 0:
+        resp, uniform = self._resp(n)
+        (coop, g, shift, d, has_w, gw, sw, has_c, gc, sc, rc), (gamma, dt, nc, mi, lam, vs, ct, cs, wt, ws) = \
+            self._kernel_args()
+        out = self._filter_all(x, u, resp, uniform, self.observation_range, coop, g, shift, d, has_w, gw, sw, has_c,
+                               gc, sc, rc, gamma, dt, nc, mi, lam, vs, ct, cs, wt, ws)
+        actions, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err, pairs = out
+        if err[0] != -1:
             self._raise(err)
-        return self._result(actions, u, partner, pair_value, status, n_in_rc, conflict_free, margin, has_w and has_c,
-                            mutual=True)
-
-    def _result(self, actions, u, partner, pair_value, status, n_in_rc, conflict_free, margin, prop1, mutual):
-        changed = np.any(np.abs(actions - u) > 1e-12 * (1.0 + np.abs(u)), axis=1)
-        if mutual:
-            idx = np.arange(partner.shape[0])
-            has = partner >= 0
-            mut = has & (partner[np.where(has, partner, 0)] == idx) & (idx < partner)
-            pairs = np.stack([idx[mut], partner[mut]], axis=1)
-        else:
-            pairs = np.empty((0, 2), dtype=np.int64)
-        if not math.isfinite(self.conflict_range):
+        if rc != rc:  # no R_c known
             n_in_rc = np.full_like(n_in_rc, -1)
-        return FilterResult(actions=actions, partner=partner, pair_value=pair_value, changed=changed, status=status,
-                            margin=margin, collision_pairs=pairs, n_in_conflict_range=n_in_rc,
-                            conflict_free=conflict_free if prop1 else None)
+        return FilterResult(actions, partner, pair_value, changed, status, margin, pairs, n_in_rc,
+                            conflict_free if (has_w and has_c) else None)
 
     def filter_agent(self, ego_state, ego_nominal, neighbor_states, neighbor_nominal=None, ego_id: int = 0,
                      neighbor_ids=None) -> FilterResult:
@@ -685,39 +1041,45 @@ class LayeredSafetyFilter:
 
         neighbor_nominal (K, m) when known; otherwise the neighbours are assumed to hold zero control (see the
         module docstring). ego_id / neighbor_ids (both, or neither) order the cooperative pair problem (the
-        smaller id is agent a); by default the ego is 0 and the neighbours 1..K. Returns a FilterResult of one row (partner indexes the
-        neighbour rows; collision_pairs is empty: mutual choice needs the neighbours' own choices).
+        smaller id is agent a); by default the ego is 0 and the neighbours 1..K. Returns a FilterResult of one
+        row (partner indexes the neighbour rows; collision_pairs is empty: mutual choice needs the neighbours'
+        own choices). Input rows are numbered ego = 0, neighbours 1..K in error messages.
         """
         k, m = self.model.n_agent_states, self.model.n_controls
-        ego = np.asarray(ego_state, dtype=np.float64).reshape(1, -1)
+        ego = np.asarray(ego_state, dtype=np.float64)
         others = np.asarray(neighbor_states, dtype=np.float64)
-        if others.ndim == 1 and others.size == 0:
-            others = others.reshape(0, k)
-        states = self._agent_array(np.concatenate([ego, others.reshape(-1, ego.shape[1])], axis=0)
-                                   if others.ndim == 2 else others, k, "states")
-        kk = states.shape[0] - 1
-        nominal = np.zeros((kk + 1, m))
-        nominal[0] = np.asarray(ego_nominal, dtype=np.float64).reshape(m)
-        known = np.zeros(kk + 1, dtype=np.bool_)
-        known[0] = True
-        if neighbor_nominal is not None:
-            nominal[1:] = np.asarray(neighbor_nominal, dtype=np.float64).reshape(kk, m)
-            known[1:] = True
-        if not np.all(np.isfinite(nominal)):
-            raise StateError("nominal actions contain NaN or inf")
-        if neighbor_ids is None:
-            ids = np.arange(kk + 1, dtype=np.int64)
+        if others.ndim != 2:
+            others = others.reshape(-1, k) if others.size == 0 else others
+        if ego.shape != (k,) or others.ndim != 2 or others.shape[1] != k:
+            raise StateError(f"ego_state must have shape ({k},) and neighbor_states (K, {k}); got "
+                             f"{np.shape(ego_state)} and {np.shape(neighbor_states)}")
+        kk = others.shape[0]
+        en = np.asarray(ego_nominal, dtype=np.float64)
+        if en.size != m:
+            raise StateError(f"ego_nominal must have shape ({m},), got {np.shape(ego_nominal)}")
+        if neighbor_nominal is None:
+            nn, has_nom = self._NO_NOMINAL, False
         else:
-            ids = np.concatenate([[int(ego_id)], np.asarray(neighbor_ids, dtype=np.int64).reshape(kk)])
-        resp = self._check_responsibility(self.responsibility, kk + 1)
-        g, shift, has_w, gw, sw, has_c, gc, sc = self._grids()
-        out = self._filter_one(states, nominal, known, ids, resp, self.observation_range,
-                               self.mode == "cooperative", g, shift, self.safety_distance, has_w, gw, sw, has_c,
-                               gc, sc, self.conflict_range, self.gamma_cbf, self.decision_period, self.n_checks,
-                               self.max_iter, self.lipschitz_rate, self.vertex_search)
-        actions, partner, pair_value, status, n_in_rc, conflict_free, margin, err = out
-        if err[0] >= 0:
-            self._raise(err)
-        partner = np.where(partner >= 1, partner - 1, -1)
-        return self._result(actions, nominal[:1], partner, pair_value, status, n_in_rc, conflict_free, margin,
-                            has_w and has_c, mutual=False)
+            nn = np.asarray(neighbor_nominal, dtype=np.float64)
+            if nn.shape != (kk, m):
+                if nn.size != kk * m:
+                    raise StateError(f"neighbor_nominal must have shape ({kk}, {m}), got {np.shape(neighbor_nominal)}")
+                nn = nn.reshape(kk, m)
+            has_nom = True
+        if neighbor_ids is None:
+            nid, has_ids = self._NO_IDS, False
+        else:
+            nid, has_ids = np.asarray(neighbor_ids, dtype=np.int64).reshape(kk), True
+        resp, uniform = self._resp(kk + 1)
+        (coop, g, shift, d, has_w, gw, sw, has_c, gc, sc, rc), (gamma, dt, nc, mi, lam, vs, ct, cs, wt, ws) = \
+            self._kernel_args()
+        out = self._filter_agent(ego, en.reshape(m), others, nn, has_nom, int(ego_id), nid, has_ids, resp, uniform,
+                                 self.observation_range, coop, *g, shift, d, has_w, *gw, sw, has_c, *gc, sc, rc, gamma,
+                                 dt, nc, mi, lam, vs, ct, cs, wt, ws)
+        actions, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err = out
+        if err[0] != -1:
+            self._raise(err, nominal_name="nominal (ego 0, neighbours 1..K)")
+        if rc != rc:
+            n_in_rc = np.full_like(n_in_rc, -1)
+        return FilterResult(actions, partner, pair_value, changed, status, margin, _NO_PAIRS, n_in_rc,
+                            conflict_free if (has_w and has_c) else None)

@@ -1,7 +1,9 @@
 """Neighbours within a radius via a uniform cell list (numba): O(N + pairs), never all pairs.
 
 `neighbor_lists(positions, radius)` returns a CSR structure: the neighbours of agent i are
-``indices[indptr[i]:indptr[i + 1]]`` (in cell order, not sorted; i itself excluded, distance <= radius).
+``indices[indptr[i]:indptr[i + 1]]`` (not sorted; i itself excluded, distance <= radius). `close_pairs` gives each
+close pair once. The cell side is at least the radius, so only the 3 x 3 block of cells around an agent can hold
+its neighbours; each pair is tested once (half stencil).
 """
 
 from __future__ import annotations
@@ -49,41 +51,84 @@ def _cell_list(pos, radius):
 
 
 @njit(cache=True, nogil=True)
+def close_pairs(pos, radius):
+    """All pairs (i, j), i != j, with distance <= radius, each pair once: -> pi (E,), pj (E,) int64.
+
+    One sweep over a half stencil of the cell list (the agent's own cell and 4 of its 8 neighbour cells), so each
+    pair's distance is computed once; positions are copied in cell order first (memory locality).
+    """
+    n = pos.shape[0]
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    h, x0, y0, ncx, ncy, start, order, cell_of = _cell_list(pos, radius)
+    px = np.empty(n)
+    py = np.empty(n)
+    for q in range(n):
+        px[q] = pos[order[q], 0]
+        py[q] = pos[order[q], 1]
+    r2 = radius * radius
+    cap = 8 * n + 16
+    pa = np.empty(cap, dtype=np.int64)
+    pb = np.empty(cap, dtype=np.int64)
+    ne = 0
+    for cy in range(ncy):
+        for cx in range(ncx):
+            c = cy * ncx + cx
+            for q1 in range(start[c], start[c + 1]):
+                x1 = px[q1]
+                y1 = py[q1]
+                for k in range(5):   # own cell (later members only), E, NW, N, NE
+                    if k == 0:
+                        lo_q = q1 + 1
+                        hi_q = start[c + 1]
+                    else:
+                        xx = cx + (1 if k == 1 else k - 3)
+                        yy = cy + (0 if k == 1 else 1)
+                        if xx < 0 or xx >= ncx or yy >= ncy:
+                            continue
+                        cc = yy * ncx + xx
+                        lo_q = start[cc]
+                        hi_q = start[cc + 1]
+                    for q2 in range(lo_q, hi_q):
+                        dx = px[q2] - x1
+                        dy = py[q2] - y1
+                        if dx * dx + dy * dy <= r2:
+                            if ne == cap:
+                                cap *= 2
+                                na = np.empty(cap, dtype=np.int64)
+                                nb = np.empty(cap, dtype=np.int64)
+                                na[:ne] = pa[:ne]
+                                nb[:ne] = pb[:ne]
+                                pa = na
+                                pb = nb
+                            pa[ne] = order[q1]
+                            pb[ne] = order[q2]
+                            ne += 1
+    return pa[:ne], pb[:ne]
+
+
+@njit(cache=True, nogil=True)
 def neighbor_lists(pos, radius):
     """pos (N, 2) finite, radius (m) -> indptr (N + 1,), indices (E,) int64: neighbours within radius."""
     n = pos.shape[0]
     indptr = np.zeros(n + 1, dtype=np.int64)
     if n == 0:
         return indptr, np.empty(0, dtype=np.int64)
-    h, x0, y0, ncx, ncy, start, order, cell_of = _cell_list(pos, radius)
-    r2 = radius * radius
-    for sweep in range(2):           # sweep 0 counts, sweep 1 fills
-        if sweep == 1:
-            for i in range(n):
-                indptr[i + 1] += indptr[i]
-            indices = np.empty(indptr[n], dtype=np.int64)
-        else:
-            indices = np.empty(0, dtype=np.int64)
-        for i in range(n):
-            c = cell_of[i]
-            cx = c % ncx
-            cy = c // ncx
-            k = indptr[i] if sweep == 1 else 0
-            for yy in range(max(cy - 1, 0), min(cy + 2, ncy)):
-                for xx in range(max(cx - 1, 0), min(cx + 2, ncx)):
-                    cc = yy * ncx + xx
-                    for q in range(start[cc], start[cc + 1]):
-                        j = order[q]
-                        if j == i:
-                            continue
-                        dx = pos[j, 0] - pos[i, 0]
-                        dy = pos[j, 1] - pos[i, 1]
-                        if dx * dx + dy * dy <= r2:
-                            if sweep == 0:
-                                indptr[i + 1] += 1
-                            else:
-                                indices[k] = j
-                                k += 1
+    pa, pb = close_pairs(pos, radius)
+    for e in range(pa.shape[0]):
+        indptr[pa[e] + 1] += 1
+        indptr[pb[e] + 1] += 1
+    for i in range(n):
+        indptr[i + 1] += indptr[i]
+    fill = indptr[:-1].copy()
+    indices = np.empty(indptr[n], dtype=np.int64)
+    for e in range(pa.shape[0]):
+        a = pa[e]
+        b = pb[e]
+        indices[fill[a]] = b
+        fill[a] += 1
+        indices[fill[b]] = a
+        fill[b] += 1
     return indptr, indices
 
 

@@ -1,0 +1,71 @@
+"""Trainer helpers (`clients/training.py`): eq. 17 penalty, curriculum schedule, near-collision / conflict counters."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clients.training import (CurriculumSchedule, SafetyCounters, agent_positions_velocities,
+                              conflict_penalty)
+
+
+def _penalty_reference(pos, vel, d, rc, w):
+    n = pos.shape[0]
+    out = np.zeros(n)
+    for i in range(n):
+        total, count = 0.0, 0
+        for j in range(n):
+            if j == i:
+                continue
+            dij = np.hypot(*(pos[j] - pos[i]))
+            if not dij < rc:
+                continue
+            count += 1
+            c = 1.0 - np.clip((dij - d) / (rc - d), 0.0, 1.0)
+            closing = abs(min(0.0, np.dot((pos[j] - pos[i]) / dij, vel[j] - vel[i]))) if dij > 0 else 0.0
+            total += c * closing
+        out[i] = -w * total if count >= 2 else 0.0
+    return out
+
+
+def test_conflict_penalty_matches_eq17():
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(0, 6, (120, 2))
+    vel = rng.uniform(-1, 1, (120, 2))
+    got = conflict_penalty(pos, vel, 0.5, 1.0, weight=2.0)
+    assert np.allclose(got, _penalty_reference(pos, vel, 0.5, 1.0, 2.0), atol=1e-12)
+    assert np.all(got <= 0) and np.any(got < 0)
+    # only one neighbour inside R_c: no penalty (eq. 17 applies with two or more)
+    two = conflict_penalty(np.array([[0.0, 0], [0.7, 0]]), np.array([[0.5, 0], [-0.5, 0]]), 0.5, 1.0)
+    assert np.all(two == 0)
+    with pytest.raises(ValueError):
+        conflict_penalty(pos, vel, 1.0, 0.5)
+
+
+def test_positions_velocities_per_model():
+    pos, vel = agent_positions_velocities("air_taxi", np.array([[1.0, 2.0, np.pi / 2, 50.0]]))
+    assert np.allclose(pos, [[1, 2]]) and np.allclose(vel, [[0, 50]], atol=1e-12)
+    pos, vel = agent_positions_velocities("quadrotor", np.array([[1.0, 2.0, 0.3, -0.2]]))
+    assert np.allclose(vel, [[0.3, -0.2]])
+
+
+def test_curriculum_schedule():
+    sched = CurriculumSchedule(1000, 0.5, lambda d: 2 * d, filter_start=0.3, n_stages=4)
+    assert sched.at(0).filter_on is False and sched.at(299).safety_distance == 0.0
+    st = sched.at(300)
+    assert st.filter_on and st.stage == 1 and st.safety_distance == pytest.approx(0.125)
+    assert st.conflict_range == pytest.approx(0.25)
+    assert sched.at(999).safety_distance == pytest.approx(0.5) and sched.at(5000).stage == 4
+    ds = [sched.at(k).safety_distance for k in range(300, 1000)]
+    assert all(b >= a for a, b in zip(ds, ds[1:]))
+    with pytest.raises(ValueError):
+        CurriculumSchedule(100, 0.5, lambda d: d, distances=[0.3, 0.2, 0.5])
+
+
+def test_safety_counters():
+    c = SafetyCounters(0.5, 1.0)
+    near, n_rc = c.update(np.array([[0.0, 0], [0.4, 0], [0.0, 0.9], [10.0, 10.0]]))
+    assert near.tolist() == [True, True, False, False]
+    assert n_rc.tolist() == [2, 2, 2, 0]
+    assert c.near_collision_pct == pytest.approx(50.0) and c.conflict_pct == pytest.approx(75.0)
+    c.update(np.array([[0.0, 0], [5.0, 0]]))
+    assert c.samples == 6 and c.near_collisions == 2 and c.conflicts == 3
