@@ -52,9 +52,10 @@ box, bang-bang held for the period, which includes the grid's worst-case control
 best_effort: if B(s_0) >= 0, i.e. V0(s_0) >= d + value_margin and ||p_0|| >= d, then B >= 0 at every check time
 of every later period, so the separation is >= d there (B <= ||p|| - d). Between check times only the
 separation's sagitta (at most v_rel^2 (dt / n_checks)^2 / (8 d), about 1e-3 m for the quadrotor defaults) is not
-covered. `value_margin` (m) absorbs the grid's own error: by default the solver's measured closed-loop shortfall
-max(0, -validation.worst_separation_excess) (0.49 m for the default quadrotor grid); coarse grids need more than
-their validation shortfall (tests/test_filter.py documents 0.4 m and 500 m for its small quadrotor and air-taxi
+covered. `value_margin` (m) absorbs the grid's own error: by default the margin the solver validated the grid at
+plus its measured closed-loop shortfall, validation.margin + max(0, -validation.worst_separation_excess) (states
+with V0 < d + margin were never validated; 0.3 m for the default quadrotor grid, 0 of 1000 falsified); coarse
+grids need more than their validation shortfall (tests/test_filter.py documents 0.4 m and 500 m for its small quadrotor and air-taxi
 grids and checks the guarantee on 10,000 random encounters per model and nominal policy). worst_case mode: the
 worst-case games are solved over a finite engagement horizon T_e (they do not converge when the opponent is as
 agile as the ego), so B_worst >= 0 is not invariant over longer times: against an opponent that keeps playing the
@@ -865,7 +866,8 @@ class LayeredSafetyFilter:
     the model's); observation_range (m, default the model's); n_checks (sampled-data check times per period);
     max_iter (margin refinements); conflict_range (m, default R_c(d) from the stored table); value_margin (m,
     subtracted from the interpolated value of the mode's game to absorb the grid's error; default the solver's
-    measured closed-loop shortfall, max(0, -attrs.validation.worst_separation_excess), else 0); vertex_search:
+    validation margin plus measured closed-loop shortfall, attrs.validation.margin +
+    max(0, -attrs.validation.worst_separation_excess), else 0); vertex_search:
     when no linear candidate passes the sampled-data check, try every combination of {lo, clip(nominal), hi}
     per control component (3^(2m) joint candidates) and keep the cheapest passing one, else the one with the
     largest slack. The settings are read at every call (changing an attribute takes effect at the next call).
@@ -911,8 +913,10 @@ class LayeredSafetyFilter:
         if int(n_checks) < 1 or int(max_iter) < 0:
             raise ValueError("n_checks must be >= 1 and max_iter >= 0")
         if value_margin is None:
-            excess = (self.vf.attrs.get("validation") or {}).get("worst_separation_excess")
-            value_margin = max(0.0, -float(excess)) if excess is not None else 0.0
+            validation = self.vf.attrs.get("validation") or {}
+            excess = validation.get("worst_separation_excess")
+            value_margin = (float(validation.get("margin") or 0.0) + max(0.0, -float(excess))
+                            if excess is not None else 0.0)
         self.value_margin = float(value_margin)
         if not (self.value_margin >= 0 and math.isfinite(self.value_margin)):
             raise ValueError(f"value_margin must be finite and >= 0, got {value_margin}")
