@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,20 +36,10 @@ sys.path.insert(0, str(ROOT))
 
 from clients import LayeredSafetyFilter, ValueFunction  # noqa: E402
 from clients import interp  # noqa: E402
+from benchmarks.machine import machine  # noqa: E402
 from reach.models import get_model  # noqa: E402
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    aff = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}; {aff} usable cores; Python {platform.python_version()}; {platform.system()} {platform.release()}"
 
 
 def best_of(fn, repeat: int, number: int = 1) -> float:

@@ -12,8 +12,6 @@ table (default ``benchmarks/results/scenarios.md``) with the machine description
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,20 +24,10 @@ sys.path.insert(0, str(ROOT))
 from clients.sim.baselines import make_filter  # noqa: E402
 from clients.sim.scenarios import make_scenario  # noqa: E402
 from clients.sim.simulator import Simulator  # noqa: E402
+from benchmarks.machine import machine  # noqa: E402
 from reach.models import get_model  # noqa: E402
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    aff = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}; {aff} usable cores; Python {platform.python_version()}; {platform.system()} {platform.release()}"
 
 
 def time_steps(sim: Simulator, steps: int) -> tuple[float, float]:

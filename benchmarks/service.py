@@ -25,7 +25,6 @@ import datetime as dt
 import http.client
 import json
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -42,6 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import machine  # noqa: E402
 
 HOST = "127.0.0.1"
 BIN = "application/octet-stream"
@@ -122,14 +123,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def start_server(kind: str, store: str, port: int) -> subprocess.Popen:
@@ -414,8 +407,7 @@ def render(args, vf, res: dict) -> str:
         f"Command: `python benchmarks/service.py --load-seconds {args.load_seconds:g} --clients {args.clients}`",
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {cpu_model()}, {os.cpu_count()} CPUs (nproc), Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}",
+        f"- machine: {machine()}",
         f"- value function: {vf.name}, grid {'x'.join(map(str, vf.shape))} ({vf.n}-D), uniform random states "
         "inside the grid, value only unless said otherwise",
         "- servers: uvicorn, one process each, loopback, no access log; client: this process (http.client "

@@ -15,22 +15,18 @@ Usage: python benchmarks/solver.py [--points 31] [--fine 41] [--horizon 10] [--o
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from benchmarks.machine import machine  # noqa: E402
+
+
 
 
 def plain_hj(grid_spec, horizon: float, window: float, game: str = "cooperative"):
@@ -107,7 +103,7 @@ def main():
     spec = GridSpec((-3, -3, -2, -2), (3, 3, 2, 2), (args.points,) * 4)
     settings = SolverSettings(tolerance=args.tolerance, window=args.window, max_horizon=args.horizon,
                               chunk=args.window)
-    lines = [f"machine: {os.cpu_count()} CPUs (nproc), {cpu_model()}, Python {platform.python_version()}",
+    lines = [f"machine: {machine()}",
              f"grid: quadrotor cooperative, px, py in [-3, 3] m, vx, vy in [-2, 2] m/s, {args.points}^4 nodes"]
     print(*lines, sep="\n", flush=True)
 

@@ -254,7 +254,6 @@ def _build_kernels(model):
     interp4 = interp._interp4
     interp5 = interp._interp5
     interp_gen = interp._interp_generic
-    axis = interp._axis
 
     @njit(nogil=True, _nrt=False)
     def barrier(gp, glo, ginv, gn, gper, gstr, S, row, shift, d, want_grad, g, isc, wsc):

@@ -251,7 +251,6 @@ def _compute_locked(spec: Spec, store: Store, overwrite: bool, progress: bool,
     # worst case first: its grid gives the R_c table for both games
     table: dict[float, float] | None = None
     worst_name = spec.value_function_name("worst_case")
-    results: dict[str, tuple[Any, float, float | None]] = {}
     order = sorted((g for g in spec.games if todo[g]), key=lambda g: g != "worst_case")
     if "worst_case" not in order:
         if store.exists(worst_name) and store.info(worst_name).get("spec_hash") == spec.hash:

@@ -66,7 +66,6 @@ def multilinear_fields(coords, rng):
             prod = prod * g
         return out + prod
 
-    coefs = []
     value = one()
     grad = np.stack([one() for _ in range(n)], axis=-1)
     return value, grad

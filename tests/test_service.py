@@ -265,7 +265,6 @@ def test_bad_binary_queries(client):
 
 
 def test_distant_positions_are_not_errors(client, vfs):
-    vf = vfs[TAXI]
     s = np.array([[1e7, -1e7, 0.3, 50.0, 60.0], [0.0, 5e4, 100.0, 40.0, 40.0]])  # far away; heading wraps
     r = post_binary(client, TAXI, s, "float64")
     out = decode_binary(r)
