@@ -199,6 +199,28 @@ def solve_halfspace_box(ref, lo, hi, dw, c, b, out):
 
 
 # ------------------------------------------------------------------------------------- grid lower bound
+@njit(inline="always")
+def _table_cell(S, p, n, lo, inv_dx, npts, periodic, table_strides):
+    """(flat index into a `norm_deficit_table` of the cell holding S[p]'s non-position coordinates, status):
+    status interp.OK, or the bounds error code of the first non-position coordinate outside the grid."""
+    idx = 0
+    for q in range(interp.N_POSITION_DIMS, n):
+        mq = npts[q]
+        u = (S[p, q] - lo[q]) * inv_dx[q]
+        if periodic[q]:
+            u = u - math.floor(u / mq) * mq
+            i0 = min(max(int(math.floor(u)), 0), mq - 1)
+        else:
+            top = mq - 1
+            if u < 0.0 or u > top:
+                if u < -interp.BOUND_TOL * top or u > top + interp.BOUND_TOL * top:
+                    return 0, interp.BOUNDS_BASE + 2 * q
+                u = min(max(u, 0.0), float(top))
+            i0 = min(int(u), top - 1)
+        idx += i0 * table_strides[q]
+    return idx, interp.OK
+
+
 def norm_deficit_table(vf: ValueFunction) -> tuple[np.ndarray, np.ndarray]:
     """Lower-bound table of the interpolated value: V(s) >= ||p|| - C[cell of s's non-position coordinates].
 
@@ -250,6 +272,7 @@ def _build_kernels(model):
     m = model.n_controls
     n = model.n_states
     n_corner = 1 << m
+    OK = interp.OK
     OUTSIDE = interp.OUTSIDE
     interp4 = interp._interp4
     interp5 = interp._interp5
@@ -368,53 +391,24 @@ def _build_kernels(model):
                 p += 1
         S = rel(E, O)
         # ---- distances, lower bounds of the barriers (`norm_deficit_table`) and the grids' non-position bounds
-        # (checked here for every pair, so a skipped lookup never hides an invalid state); written out inline:
-        # no calls in this loop over all pairs
+        # (checked here for every pair, so a skipped lookup never hides an invalid state)
         dist = np.empty(P)
         lbm = np.empty(P)
         lbw = np.empty(P)
         for p in range(P):
             dd = math.sqrt(S[p, 0] * S[p, 0] + S[p, 1] * S[p, 1])
             dist[p] = dd
-            idx = 0
-            for q in range(interp.N_POSITION_DIMS, n):
-                mq = gn[q]
-                u = (S[p, q] - glo[q]) * ginv[q]
-                if gper[q]:
-                    u = u - math.floor(u / mq) * mq
-                    i0 = min(max(int(math.floor(u)), 0), mq - 1)
-                else:
-                    top = mq - 1
-                    if u < 0.0 or u > top:
-                        if u < -interp.BOUND_TOL * top or u > top + interp.BOUND_TOL * top:
-                            err[0] = interp.BOUNDS_BASE + 2 * q
-                            err[1] = E_of[p]
-                            err[2] = nb[p]
-                            return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
-                        u = min(max(u, 0.0), float(top))
-                    i0 = min(int(u), top - 1)
-                idx += i0 * mtst[q]
-            lbm[p] = min(dd - mtab[idx] - shift, dd - d)
-            if has_w:
-                idx = 0
-                for q in range(interp.N_POSITION_DIMS, n):
-                    mq = wn[q]
-                    u = (S[p, q] - wlo[q]) * winv[q]
-                    if wper[q]:
-                        u = u - math.floor(u / mq) * mq
-                        i0 = min(max(int(math.floor(u)), 0), mq - 1)
-                    else:
-                        top = mq - 1
-                        if u < 0.0 or u > top:
-                            if u < -interp.BOUND_TOL * top or u > top + interp.BOUND_TOL * top:
-                                err[0] = interp.BOUNDS_BASE + 2 * q
-                                err[1] = E_of[p]
-                                err[2] = nb[p]
-                                return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
-                            u = min(max(u, 0.0), float(top))
-                        i0 = min(int(u), top - 1)
-                    idx += i0 * wtst[q]
-                lbw[p] = min(dd - wtab[idx] - shift_w, dd - d)
+            idx, code = _table_cell(S, p, n, glo, ginv, gn, gper, mtst)
+            if code == OK:
+                lbm[p] = min(dd - mtab[idx] - shift, dd - d)
+                if has_w:
+                    idx, code = _table_cell(S, p, n, wlo, winv, wn, wper, wtst)
+                    lbw[p] = min(dd - wtab[idx] - shift_w, dd - d)
+            if code != OK:
+                err[0] = code
+                err[1] = E_of[p]
+                err[2] = nb[p]
+                return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
         # ---- prioritization, conflict-range counts, Prop. 1
         for t in range(T):
             i = targets[t]
