@@ -80,7 +80,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from numba import njit
+from numba import boolean, float32, float64, int64, njit
+from numba.experimental import jitclass
 
 from clients import interp
 from clients.neighbors import neighbor_lists
@@ -261,6 +262,45 @@ def norm_deficit_table(vf: ValueFunction) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------- per-model kernels
 _KERNELS: dict = {}
 
+_GRID_FIELDS = (("p", float32[:, ::1]), ("lo", float64[::1]), ("inv", float64[::1]), ("n", int64[::1]),
+                ("per", boolean[::1]), ("str", int64[::1]))
+
+
+@jitclass([("cooperative", boolean)]
+          + [(g + f, t) for g in ("g", "w", "c") for f, t in _GRID_FIELDS]
+          + [("shift", float64), ("d", float64), ("has_w", boolean), ("shift_w", float64), ("has_c", boolean),
+             ("shift_c", float64), ("rc", float64), ("obs_range", float64), ("gamma", float64), ("dt", float64),
+             ("n_checks", int64), ("max_iter", int64), ("lam_skip", float64), ("vertex_search", boolean),
+             ("mtab", float64[::1]), ("mtst", int64[::1]), ("wtab", float64[::1]), ("wtst", int64[::1])])
+class _Config:
+    """Everything a filter call needs besides the agents: one argument instead of ~40, since numba's dispatcher
+    costs ~0.1-0.2 us per argument (a third of a single-agent call). Built by `LayeredSafetyFilter._config`."""
+
+    def __init__(self, cooperative, g, w, c, shift, d, has_w, shift_w, has_c, shift_c, rc, obs_range, gamma, dt,
+                 n_checks, max_iter, lam_skip, vertex_search, mtab, mtst, wtab, wtst):
+        self.cooperative = cooperative
+        self.gp, self.glo, self.ginv, self.gn, self.gper, self.gstr = g
+        self.wp, self.wlo, self.winv, self.wn, self.wper, self.wstr = w
+        self.cp, self.clo, self.cinv, self.cn, self.cper, self.cstr = c
+        self.shift = shift
+        self.d = d
+        self.has_w = has_w
+        self.shift_w = shift_w
+        self.has_c = has_c
+        self.shift_c = shift_c
+        self.rc = rc
+        self.obs_range = obs_range
+        self.gamma = gamma
+        self.dt = dt
+        self.n_checks = n_checks
+        self.max_iter = max_iter
+        self.lam_skip = lam_skip
+        self.vertex_search = vertex_search
+        self.mtab = mtab
+        self.mtst = mtst
+        self.wtab = wtab
+        self.wtst = wtst
+
 
 def _build_kernels(model):
     """njit kernels specialised to one model (its numba kernels are closed over as compile-time constants)."""
@@ -305,8 +345,10 @@ def _build_kernels(model):
                   bound, slack, deficit, isc, wsc, g):
         """Sampled-data check of L candidate actions, batched: row r is U[r] (joint, or the ego's) for pair
         rows_pair[r]. Fills slack[r] = min over check times (and opponent corners) of B(tau) - (1 - gamma tau) B
-        and deficit[r] = max of ((1 - gamma tau) B - B(tau)) / tau (>= 0). Stops early once every row has
-        slack < 0 and slack <= bound (then slack is an upper bound: such rows can neither pass nor beat bound)."""
+        and deficit[r] = max of ((1 - gamma tau) B - B(tau)) / tau (>= 0). A row whose slack is < 0 and <= bound
+        is settled: it can neither pass nor beat bound, so its later check times are skipped (its slack is then
+        an upper bound and its deficit a lower bound; bound = -inf settles only rows that left the grid), and
+        the check stops once every row is settled."""
         gp, glo, ginv, gn, gper, gstr = grid
         C = 1 if cooperative else n_corner
         R = L * C
@@ -327,12 +369,16 @@ def _build_kernels(model):
                         UU[R + w, z] = U[r, m + z]
                     else:
                         UU[R + w, z] = bhi[q, z] if (cc >> z) & 1 else blo[q, z]
-        for qc in range(1, n_checks + 1):
+        for qi in range(n_checks):
+            # the end of the period first: failing rows are most negative there, so most settle after one lookup
+            qc = n_checks if qi == 0 else qi
             tau = dt * qc / n_checks
             Xn = step(X, UU, tau)
             Sn = rel(Xn[:R], Xn[R:])
             alive = False
             for r in range(L):
+                if slack[r] < 0.0 and slack[r] <= bound:     # settled: can neither pass nor beat bound
+                    continue
                 target_b = (1.0 - gamma * tau) * Bq[rows_pair[r]]
                 for cc in range(C):
                     vb, st = barrier(gp, glo, ginv, gn, gper, gstr, Sn, r * C + cc, shift, d, False, g, isc, wsc)
@@ -352,14 +398,19 @@ def _build_kernels(model):
              vertex_search, mtab, mtst, wtab, wtst):
         N = states.shape[0]
         T = targets.shape[0]
-        u_out = np.empty((T, m))
-        partner = np.full(T, -1, dtype=np.int64)
-        pair_value = np.full(T, math.inf)
-        status = np.zeros(T, dtype=np.int64)
-        n_in_rc = np.zeros(T, dtype=np.int64)
-        conflict_free = np.zeros(T, dtype=np.bool_)
-        margin = np.zeros(T)
-        changed = np.zeros(T, dtype=np.bool_)
+        # outputs in two arrays (see `_unpack`): each array returned to Python costs ~0.6 us of boxing
+        fout = np.zeros((T, m + 2))         # actions, pair value, margin
+        iout = np.zeros((T, 5), dtype=np.int64)   # partner, status, n in R_c, conflict-free, changed
+        u_out = fout[:, :m]
+        pair_value = fout[:, m]
+        margin = fout[:, m + 1]
+        partner = iout[:, 0]
+        status = iout[:, 1]
+        n_in_rc = iout[:, 2]
+        conflict_free = iout[:, 3]
+        changed = iout[:, 4]
+        pair_value[:] = math.inf
+        partner[:] = -1
         err = np.full(3, -1, dtype=np.int64)   # (code, agent, neighbour / column) of the first bad input
         gp, glo, ginv, gn, gper, gstr = grid
         wp, wlo, winv, wn, wper, wstr = grid_w
@@ -408,7 +459,7 @@ def _build_kernels(model):
                 err[0] = code
                 err[1] = E_of[p]
                 err[2] = nb[p]
-                return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
+                return fout, iout, err
         # ---- prioritization, conflict-range counts, Prop. 1
         for t in range(T):
             i = targets[t]
@@ -444,7 +495,7 @@ def _build_kernels(model):
                     err[0] = st
                     err[1] = i
                     err[2] = j
-                    return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
+                    return fout, iout, err
                 if v < best or (v == best and best_j >= 0 and j < best_j):
                     best = v
                     best_j = j
@@ -462,7 +513,7 @@ def _build_kernels(model):
                         err[0] = stw
                         err[1] = i
                         err[2] = nb[p]
-                        return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
+                        return fout, iout, err
                     if vw < 0.0:
                         n_w += 1
                         s_w = p
@@ -536,7 +587,7 @@ def _build_kernels(model):
                     err[0] = st
                     err[1] = a
                     err[2] = b
-                    return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
+                    return fout, iout, err
                 Bq[q] = B
                 gf = 0.0
                 for r in range(n):
@@ -690,7 +741,7 @@ def _build_kernels(model):
             for z in range(m):
                 if abs(u_out[t, z] - nominal[i, z]) > 1e-12 * (1.0 + abs(nominal[i, z])):
                     changed[t] = True
-        return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err
+        return fout, iout, err
 
     @njit(nogil=True)
     def check_inputs(states, nominal, known, err):
@@ -711,26 +762,21 @@ def _build_kernels(model):
         return True
 
     @njit(nogil=True)
-    def filter_all(states, nominal, resp, resp_uniform, obs_range, cooperative, grid, shift, d, has_w, grid_w,
-                   shift_w, has_c, grid_c, shift_c, rc, gamma, dt, n_checks, max_iter, lam_skip, vertex_search, mtab,
-                   mtst, wtab, wtst):
+    def filter_all(states, nominal, resp, resp_uniform, cfg):
         N = states.shape[0]
         known = np.ones(N, dtype=np.bool_)
         err = np.full(3, -1, dtype=np.int64)
         if not check_inputs(states, nominal, known, err):
-            T0 = np.empty(0, dtype=np.int64)
-            return (np.empty((0, m)), T0, np.empty(0), T0, T0, np.empty(0, dtype=np.bool_), np.empty(0),
-                    np.empty(0, dtype=np.bool_), err, np.empty((0, 2), dtype=np.int64))
+            return np.empty((0, m + 2)), np.empty((0, 5), dtype=np.int64), err, np.empty((0, 2), dtype=np.int64)
         pos = np.empty((N, 2))
         for i in range(N):
             pos[i, 0] = states[i, 0]
             pos[i, 1] = states[i, 1]
-        indptr, indices = neighbor_lists(pos, obs_range)
+        indptr, indices = neighbor_lists(pos, cfg.obs_range)
         ids = np.arange(N)
-        u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err = core(
-            states, nominal, known, ids, ids, indptr, indices, cooperative, grid, shift, d, has_w, grid_w, shift_w,
-            has_c, grid_c, shift_c, rc, resp, resp_uniform, gamma, dt, n_checks, max_iter, lam_skip, vertex_search,
-            mtab, mtst, wtab, wtst)
+        fout, iout, err = core_cfg(
+            states, nominal, known, ids, ids, indptr, indices, resp, resp_uniform, cfg)
+        partner = iout[:, 0]
         K = 0
         for i in range(N):
             j = partner[i]
@@ -744,43 +790,24 @@ def _build_kernels(model):
                 pairs[K, 0] = i
                 pairs[K, 1] = j
                 K += 1
-        return u_out, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err, pairs
+        return fout, iout, err, pairs
 
     @njit(nogil=True)
-    def filter_one(states, nominal, known, ids, resp, resp_uniform, obs_range, cooperative, grid, shift, d, has_w,
-                   grid_w, shift_w, has_c, grid_c, shift_c, rc, gamma, dt, n_checks, max_iter, lam_skip,
-                   vertex_search, mtab, mtst, wtab, wtst):
-        """Agent 0 of `states` against rows 1..K (neighbours selected by distance here)."""
-        N = states.shape[0]
-        err = np.full(3, -1, dtype=np.int64)
-        if not check_inputs(states, nominal, known, err):
-            T0 = np.empty(0, dtype=np.int64)
-            return (np.empty((0, m)), T0, np.empty(0), T0, T0, np.empty(0, dtype=np.bool_), np.empty(0),
-                    np.empty(0, dtype=np.bool_), err)
-        indptr = np.zeros(N + 1, dtype=np.int64)
-        idx = np.empty(max(N - 1, 0), dtype=np.int64)
-        r2 = obs_range * obs_range
-        cnt = 0
-        for j in range(1, N):
-            dx = states[j, 0] - states[0, 0]
-            dy = states[j, 1] - states[0, 1]
-            if dx * dx + dy * dy <= r2:
-                idx[cnt] = j
-                cnt += 1
-        for q in range(1, N + 1):
-            indptr[q] = cnt
-        targets = np.zeros(1, dtype=np.int64)
-        return core(states, nominal, known, ids, targets, indptr, idx[:cnt], cooperative, grid, shift, d, has_w,
-                    grid_w, shift_w, has_c, grid_c, shift_c, rc, resp, resp_uniform, gamma, dt, n_checks, max_iter,
-                    lam_skip, vertex_search, mtab, mtst, wtab, wtst)
+    def core_cfg(states, nominal, known, ids, targets, indptr, indices, resp, resp_uniform, cfg):
+        return core(states, nominal, known, ids, targets, indptr, indices, cfg.cooperative,
+                    (cfg.gp, cfg.glo, cfg.ginv, cfg.gn, cfg.gper, cfg.gstr), cfg.shift, cfg.d, cfg.has_w,
+                    (cfg.wp, cfg.wlo, cfg.winv, cfg.wn, cfg.wper, cfg.wstr), cfg.shift_w, cfg.has_c,
+                    (cfg.cp, cfg.clo, cfg.cinv, cfg.cn, cfg.cper, cfg.cstr), cfg.shift_c, cfg.rc, resp, resp_uniform,
+                    cfg.gamma, cfg.dt, cfg.n_checks, cfg.max_iter, cfg.lam_skip, cfg.vertex_search, cfg.mtab,
+                    cfg.mtst, cfg.wtab, cfg.wtst)
 
     @njit(nogil=True)
-    def filter_agent(ego, ego_nom, others, others_nom, has_nom, ego_id, nb_ids, has_ids, resp, resp_uniform,
-                     obs_range, cooperative, gp, glo, ginv, gn, gper, gstr, shift, d, has_w, wp, wlo, winv, wn, wper,
-                     wstr, shift_w, has_c, cp, clo, cinv, cn, cper, cstr, shift_c, rc, gamma, dt, n_checks, max_iter,
-                     lam_skip, vertex_search, mtab, mtst, wtab, wtst):
-        """`filter_one` for the controller loop: assembles the rows here (few Python operations per call; the grid
-        tuples are passed flat, which numba's dispatcher types faster). Partner is returned as a neighbour row."""
+    def filter_agent(ego, ego_nom, others, others_nom, has_nom, ego_id, nb_ids, has_ids, resp, resp_uniform, cfg,
+                     fout, iout):
+        """Agent 0 (the ego) against the neighbour rows 1..K within the observation range, for the controller
+        loop: fills the caller's fout (1, m + 2) and iout (1, 5) (columns as in `core`; partner as a neighbour
+        row) and returns the error triple (code, row, column), code -1 if none. Returning no arrays saves their
+        boxing (~0.6 us each)."""
         K = others.shape[0]
         states = np.empty((K + 1, k_dim))
         nominal = np.zeros((K + 1, m))
@@ -800,16 +827,31 @@ def _build_kernels(model):
                     nominal[r + 1, z] = others_nom[r, z]
                 known[r + 1] = True
             ids[r + 1] = nb_ids[r] if has_ids else r + 1
-        out = filter_one(states, nominal, known, ids, resp, resp_uniform, obs_range, cooperative,
-                         (gp, glo, ginv, gn, gper, gstr), shift, d, has_w, (wp, wlo, winv, wn, wper, wstr), shift_w,
-                         has_c, (cp, clo, cinv, cn, cper, cstr), shift_c, rc, gamma, dt, n_checks, max_iter,
-                         lam_skip, vertex_search, mtab, mtst, wtab, wtst)
-        partner = out[1]
-        for t in range(partner.shape[0]):
-            partner[t] = partner[t] - 1 if partner[t] >= 1 else -1
-        return out
+        N = K + 1
+        err = np.full(3, -1, dtype=np.int64)
+        if not check_inputs(states, nominal, known, err):
+            return err[0], err[1], err[2]
+        indptr = np.zeros(N + 1, dtype=np.int64)
+        idx = np.empty(K, dtype=np.int64)
+        r2 = cfg.obs_range * cfg.obs_range
+        cnt = 0
+        for j in range(1, N):
+            dx = states[j, 0] - states[0, 0]
+            dy = states[j, 1] - states[0, 1]
+            if dx * dx + dy * dy <= r2:
+                idx[cnt] = j
+                cnt += 1
+        for q in range(1, N + 1):
+            indptr[q] = cnt
+        targets = np.zeros(1, dtype=np.int64)
+        f1, i1, err = core_cfg(states, nominal, known, ids, targets, indptr, idx[:cnt], resp, resp_uniform, cfg)
+        if err[0] == -1:
+            fout[0, :] = f1[0, :]
+            iout[0, :] = i1[0, :]
+            iout[0, 0] = i1[0, 0] - 1 if i1[0, 0] >= 1 else -1
+        return err[0], err[1], err[2]
 
-    return filter_all, filter_one, filter_agent
+    return filter_all, filter_agent
 
 
 def _kernels_for(model):
@@ -932,9 +974,9 @@ class LayeredSafetyFilter:
         lip[1] = max(lip[1], 1.0)
         rates = self.model.dissipation_bounds(self.vf.lo, self.vf.hi.copy())
         self.lipschitz_rate = float(np.sum(lip * rates))
-        self._filter_all, self._filter_one, self._filter_agent = _kernels_for(self.model)
-        self._args_key = None
-        self._args = None
+        self._filter_all, self._filter_agent = _kernels_for(self.model)
+        self._config_key = None
+        self._cfg = None
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -966,32 +1008,32 @@ class LayeredSafetyFilter:
             return self._ONE, True
         return arr, False
 
-    def _kernel_args(self):
-        """The grid arguments of the kernels (cached; rebuilt when a setting they depend on changes)."""
+    def _config(self) -> _Config:
+        """The kernels' `_Config` (cached; rebuilt when a setting it depends on changes)."""
         key = (self.safety_distance, self.value_margin, self.mode, self.gamma_cbf, self.decision_period,
                self.observation_range, self.n_checks, self.max_iter, self.vertex_search, self.conflict_range,
                self.lipschitz_rate, id(self.vf), id(self.worst_case_vf), id(self.cooperative_vf))
-        if key == self._args_key:
-            return self._args
+        if key == self._config_key:
+            return self._cfg
         vf = self.vf
         g = vf.kernel_args()
         shift = vf.shift(self.safety_distance if vf.safety_distance is None else None) + self.value_margin
         w, c = self.worst_case_vf, self.cooperative_vf
         has_w = w is not None
         has_c = c is not None
-        gw = w.kernel_args() if has_w else g
-        gc = c.kernel_args() if has_c else g
         sw = w.shift(self.safety_distance if w.safety_distance is None else None) if has_w else 0.0
         sc = c.shift(self.safety_distance if c.safety_distance is None else None) if has_c else 0.0
         ctab, cstr = norm_deficit_table(vf)
         wtab, wstr = norm_deficit_table(w) if has_w else (ctab, cstr)
-        coop = self.mode == "cooperative"
-        self._args = ((coop, g, float(shift), float(self.safety_distance), has_w, gw, float(sw), has_c, gc,
-                       float(sc), float(self.conflict_range)),
-                      (float(self.gamma_cbf), float(self.decision_period), int(self.n_checks), int(self.max_iter),
-                       float(self.lipschitz_rate), bool(self.vertex_search), ctab, cstr, wtab, wstr))
-        self._args_key = key
-        return self._args
+        self._cfg = _Config(self.mode == "cooperative", g, w.kernel_args() if has_w else g,
+                            c.kernel_args() if has_c else g, float(shift), float(self.safety_distance), has_w,
+                            float(sw), has_c, float(sc), float(self.conflict_range), float(self.observation_range),
+                            float(self.gamma_cbf), float(self.decision_period), int(self.n_checks),
+                            int(self.max_iter), float(self.lipschitz_rate), bool(self.vertex_search), ctab, cstr,
+                            wtab, wstr)
+        self._config_key = key
+        self._diagnostics = has_w and has_c     # Prop. 1 (a Python bool: reading the jitclass costs ~0.5 us)
+        return self._cfg
 
     @staticmethod
     def _agent_array(x, width, name, n=None):
@@ -1020,17 +1062,25 @@ class LayeredSafetyFilter:
         n = x.shape[0]
         u = self._agent_array(nominal_actions, m, "nominal_actions", n)
         resp, uniform = self._resp(n)
-        (coop, g, shift, d, has_w, gw, sw, has_c, gc, sc, rc), (gamma, dt, nc, mi, lam, vs, ct, cs, wt, ws) = \
-            self._kernel_args()
-        out = self._filter_all(x, u, resp, uniform, self.observation_range, coop, g, shift, d, has_w, gw, sw, has_c,
-                               gc, sc, rc, gamma, dt, nc, mi, lam, vs, ct, cs, wt, ws)
-        actions, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err, pairs = out
+        cfg = self._config()
+        out = self._filter_all(x, u, resp, uniform, cfg)
+        fout, iout, err, pairs = out
         if err[0] != -1:
             self._raise(err)
-        if rc != rc:  # no R_c known
+        return self._unpack(fout, iout, pairs)
+
+    def _unpack(self, fout, iout, pairs) -> FilterResult:
+        """FilterResult from the kernels' two output arrays (columns: see `core`)."""
+        m = fout.shape[1] - 2
+        cols = (fout[:, :m], fout[:, m], iout[:, 0], iout[:, 1], fout[:, m + 1], iout[:, 2])
+        if fout.shape[0] > 1:      # one row: the column views are already contiguous
+            cols = tuple(np.ascontiguousarray(c) for c in cols)
+        actions, pair_value, partner, status, margin, n_in_rc = cols
+        if self.conflict_range != self.conflict_range:  # no R_c known
             n_in_rc = np.full_like(n_in_rc, -1)
-        return FilterResult(actions, partner, pair_value, changed, status, margin, pairs, n_in_rc,
-                            conflict_free if (has_w and has_c) else None)
+        conflict_free = iout[:, 3].astype(np.bool_) if self._diagnostics else None
+        return FilterResult(actions, partner, pair_value, iout[:, 4].astype(np.bool_), status, margin, pairs,
+                            n_in_rc, conflict_free)
 
     def filter_agent(self, ego_state, ego_nominal, neighbor_states, neighbor_nominal=None, ego_id: int = 0,
                      neighbor_ids=None) -> FilterResult:
@@ -1068,15 +1118,10 @@ class LayeredSafetyFilter:
         else:
             nid, has_ids = np.asarray(neighbor_ids, dtype=np.int64).reshape(kk), True
         resp, uniform = self._resp(kk + 1)
-        (coop, g, shift, d, has_w, gw, sw, has_c, gc, sc, rc), (gamma, dt, nc, mi, lam, vs, ct, cs, wt, ws) = \
-            self._kernel_args()
-        out = self._filter_agent(ego, en.reshape(m), others, nn, has_nom, int(ego_id), nid, has_ids, resp, uniform,
-                                 self.observation_range, coop, *g, shift, d, has_w, *gw, sw, has_c, *gc, sc, rc, gamma,
-                                 dt, nc, mi, lam, vs, ct, cs, wt, ws)
-        actions, partner, pair_value, status, n_in_rc, conflict_free, margin, changed, err = out
+        fout = np.empty((1, m + 2))
+        iout = np.empty((1, 5), dtype=np.int64)
+        err = self._filter_agent(ego, en.reshape(m), others, nn, has_nom, int(ego_id), nid, has_ids, resp, uniform,
+                                 self._config(), fout, iout)
         if err[0] != -1:
             self._raise(err, nominal_name="nominal (ego 0, neighbours 1..K)")
-        if rc != rc:
-            n_in_rc = np.full_like(n_in_rc, -1)
-        return FilterResult(actions, partner, pair_value, changed, status, margin, _NO_PAIRS, n_in_rc,
-                            conflict_free if (has_w and has_c) else None)
+        return self._unpack(fout, iout, _NO_PAIRS)
