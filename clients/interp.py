@@ -9,7 +9,9 @@ this code).
 
 Speed: the 4-D and 5-D kernels are unrolled with scalar accumulators, and the point kernels are compiled without
 numba's reference counting (`_nrt=False`: they allocate nothing), so a call from another kernel costs no atomic
-increments; one value + gradient lookup is about 70 ns when the grid rows are in cache (benchmarks/client.py).
+increments; one value + gradient lookup is about 70-90 ns when the grid rows are in cache. `interp_batch` locates
+blocks of points and prefetches their corner rows before summing them, which overlaps the memory latency of points
+spread over a grid larger than the caches (quadrotor 31^4: ~560 -> ~210 ns a point; benchmarks/client.py).
 
 Domain rules (docs/contract.md):
 - a periodic dimension (heading) wraps: any finite coordinate is accepted;
@@ -24,7 +26,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 OK = 0
 OUTSIDE = 1          # a position coordinate beyond the grid: value +inf, zero gradient
@@ -133,25 +138,57 @@ def _axis(x, d, lo, inv_dx, npts, periodic, strides):
     return OK, i0 * s, i1 * s, t
 
 
-@njit(cache=True, nogil=True, _nrt=False)
-def _interp4(packed, lo, inv_dx, npts, periodic, strides, states, row, shift, want_grad, grad_out):
-    """`interp_point` unrolled for 4-D grids (the quadrotor): scalar accumulators, no scratch."""
+@intrinsic
+def _prefetch_row(typingctx, arr, row):
+    """Hint the CPU to load the cache line holding arr[row, 0] (a 2-D C array); no effect on results."""
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], context.get_constant(types.intp, 0)])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])   # read, keep in all caches, data
+        return context.get_dummy_value()
+    return types.none(arr, types.intp), codegen
+
+
+# The 4-D and 5-D kernels are split in two: `_axesN` (per dim: status, row offsets of the lower and upper node,
+# fraction) and `_sumN` (the 2^N weighted corner rows), so that `interp_batch` can locate a block of points,
+# prefetch their rows and only then sum them (the sums of a block overlap their memory latency).
+@njit(cache=True, nogil=True, inline="always")
+def _axes4(lo, inv_dx, npts, periodic, strides, states, row):
+    """(status, a0, b0, .., a3, b3, t0, .., t3) of states[row]: status OK, OUTSIDE or the first error code."""
     s0, a0, b0, t0 = _axis(states[row, 0], 0, lo, inv_dx, npts, periodic, strides)
-    if s0 > OUTSIDE:
-        return math.nan, s0
     s1, a1, b1, t1 = _axis(states[row, 1], 1, lo, inv_dx, npts, periodic, strides)
-    if s1 > OUTSIDE:
-        return math.nan, s1
     s2, a2, b2, t2 = _axis(states[row, 2], 2, lo, inv_dx, npts, periodic, strides)
-    if s2 > OUTSIDE:
-        return math.nan, s2
     s3, a3, b3, t3 = _axis(states[row, 3], 3, lo, inv_dx, npts, periodic, strides)
-    if s3 > OUTSIDE:
-        return math.nan, s3
-    if s0 == OUTSIDE or s1 == OUTSIDE:
-        for k in range(4):
-            grad_out[k] = 0.0
-        return math.inf, OUTSIDE
+    st = OK
+    for sk in (s0, s1, s2, s3):          # the first error in dim order, else OUTSIDE if a position dim is beyond
+        if sk > OUTSIDE:
+            st = sk
+            break
+    if st == OK and (s0 == OUTSIDE or s1 == OUTSIDE):
+        st = OUTSIDE
+    return st, a0, b0, a1, b1, a2, b2, a3, b3, t0, t1, t2, t3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch4(packed, a0, b0, a1, b1, a2, b2, a3, b3):
+    for c0 in range(2):
+        r0 = a0 if c0 == 0 else b0
+        for c1 in range(2):
+            r1 = r0 + (a1 if c1 == 0 else b1)
+            _prefetch_row(packed, r1 + a2 + a3)
+            _prefetch_row(packed, r1 + a2 + b3)
+            _prefetch_row(packed, r1 + b2 + a3)
+            _prefetch_row(packed, r1 + b2 + b3)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sum4(packed, a0, b0, a1, b1, a2, b2, a3, b3, t0, t1, t2, t3, shift, want_grad, grad_out):
+    """Multilinear value minus shift over the 16 corner rows (scalar accumulators); gradient into grad_out."""
     v = 0.0
     g0 = 0.0
     g1 = 0.0
@@ -181,31 +218,53 @@ def _interp4(packed, lo, inv_dx, npts, periodic, strides, states, row, shift, wa
     grad_out[1] = g1
     grad_out[2] = g2
     grad_out[3] = g3
-    return v - shift, OK
+    return v - shift
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _interp5(packed, lo, inv_dx, npts, periodic, strides, states, row, shift, want_grad, grad_out):
-    """`interp_point` unrolled for 5-D grids (the air taxi): scalar accumulators, no scratch."""
+def _interp4(packed, lo, inv_dx, npts, periodic, strides, states, row, shift, want_grad, grad_out):
+    """`interp_point` unrolled for 4-D grids (the quadrotor): scalar accumulators, no scratch."""
+    st, a0, b0, a1, b1, a2, b2, a3, b3, t0, t1, t2, t3 = _axes4(lo, inv_dx, npts, periodic, strides, states, row)
+    if st != OK:
+        return _not_ok(st, grad_out)
+    return _sum4(packed, a0, b0, a1, b1, a2, b2, a3, b3, t0, t1, t2, t3, shift, want_grad, grad_out), OK
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _axes5(lo, inv_dx, npts, periodic, strides, states, row):
+    """(status, a0, b0, .., a4, b4, t0, .., t4) of states[row]: status OK, OUTSIDE or the first error code."""
     s0, a0, b0, t0 = _axis(states[row, 0], 0, lo, inv_dx, npts, periodic, strides)
-    if s0 > OUTSIDE:
-        return math.nan, s0
     s1, a1, b1, t1 = _axis(states[row, 1], 1, lo, inv_dx, npts, periodic, strides)
-    if s1 > OUTSIDE:
-        return math.nan, s1
     s2, a2, b2, t2 = _axis(states[row, 2], 2, lo, inv_dx, npts, periodic, strides)
-    if s2 > OUTSIDE:
-        return math.nan, s2
     s3, a3, b3, t3 = _axis(states[row, 3], 3, lo, inv_dx, npts, periodic, strides)
-    if s3 > OUTSIDE:
-        return math.nan, s3
     s4, a4, b4, t4 = _axis(states[row, 4], 4, lo, inv_dx, npts, periodic, strides)
-    if s4 > OUTSIDE:
-        return math.nan, s4
-    if s0 == OUTSIDE or s1 == OUTSIDE:
-        for k in range(5):
-            grad_out[k] = 0.0
-        return math.inf, OUTSIDE
+    st = OK
+    for sk in (s0, s1, s2, s3, s4):
+        if sk > OUTSIDE:
+            st = sk
+            break
+    if st == OK and (s0 == OUTSIDE or s1 == OUTSIDE):
+        st = OUTSIDE
+    return st, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, t0, t1, t2, t3, t4
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch5(packed, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4):
+    for c0 in range(2):
+        r0 = a0 if c0 == 0 else b0
+        for c1 in range(2):
+            r1 = r0 + (a1 if c1 == 0 else b1)
+            for c2 in range(2):
+                r2 = r1 + (a2 if c2 == 0 else b2)
+                _prefetch_row(packed, r2 + a3 + a4)
+                _prefetch_row(packed, r2 + a3 + b4)
+                _prefetch_row(packed, r2 + b3 + a4)
+                _prefetch_row(packed, r2 + b3 + b4)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sum5(packed, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, t0, t1, t2, t3, t4, shift, want_grad, grad_out):
+    """Multilinear value minus shift over the 32 corner rows (scalar accumulators); gradient into grad_out."""
     v = 0.0
     g0 = 0.0
     g1 = 0.0
@@ -241,7 +300,28 @@ def _interp5(packed, lo, inv_dx, npts, periodic, strides, states, row, shift, wa
     grad_out[2] = g2
     grad_out[3] = g3
     grad_out[4] = g4
-    return v - shift, OK
+    return v - shift
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _interp5(packed, lo, inv_dx, npts, periodic, strides, states, row, shift, want_grad, grad_out):
+    """`interp_point` unrolled for 5-D grids (the air taxi): scalar accumulators, no scratch."""
+    st, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, t0, t1, t2, t3, t4 = _axes5(lo, inv_dx, npts, periodic, strides,
+                                                                            states, row)
+    if st != OK:
+        return _not_ok(st, grad_out)
+    return _sum5(packed, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, t0, t1, t2, t3, t4, shift, want_grad,
+                 grad_out), OK
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _not_ok(st, grad_out):
+    """(value, status) of a point that is not OK: +inf and a zero gradient when OUTSIDE, else NaN."""
+    if st == OUTSIDE:
+        for k in range(grad_out.shape[0]):
+            grad_out[k] = 0.0
+        return math.inf, st
+    return math.nan, st
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -305,30 +385,83 @@ def interp_point(packed, lo, inv_dx, npts, periodic, strides, states, row, shift
                            rows, wts)
 
 
+BLOCK = 4   # points located and prefetched together in `interp_batch` (measured best of 2, 4, 8, 16)
+
+
 @njit(cache=True, nogil=True)
 def interp_batch(packed, lo, inv_dx, npts, periodic, strides, states, shift, want_grad, values, grads, status):
     """Batch version of `interp_point` over states (N, n); fills values (N,), grads (N, n), status (N,) int64.
 
-    Returns the index of the first point with an error status, or -1.
+    Returns the index of the first point with an error status. 4-D and 5-D grids go in blocks of `BLOCK`
+    points: locate all, prefetch their corner rows, then sum (2x faster for points spread over a grid larger
+    than the caches, benchmarks/client.py).
     """
     n = states.shape[1]
+    N = states.shape[0]
     g = np.empty(n)
     rows, wts = make_scratch(n)
+    off = np.zeros((BLOCK, 2 * n), dtype=np.int64)
+    frac = np.zeros((BLOCK, n))
+    sts = np.zeros(BLOCK, dtype=np.int64)
     first_bad = -1
-    for p in range(states.shape[0]):
+    for p0 in range(0, N, BLOCK):
+        p1 = min(p0 + BLOCK, N)
         # the dimension test is loop-invariant (hoisted by the compiler): each n gets its own tight loop
         if n == 4:
-            v, st = _interp4(packed, lo, inv_dx, npts, periodic, strides, states, p, shift, want_grad, g)
+            for p in range(p0, p1):
+                k = p - p0
+                st, a0, b0, a1, b1, a2, b2, a3, b3, t0, t1, t2, t3 = _axes4(lo, inv_dx, npts, periodic, strides,
+                                                                            states, p)
+                sts[k] = st
+                off[k, 0], off[k, 1], off[k, 2], off[k, 3] = a0, b0, a1, b1
+                off[k, 4], off[k, 5], off[k, 6], off[k, 7] = a2, b2, a3, b3
+                frac[k, 0], frac[k, 1], frac[k, 2], frac[k, 3] = t0, t1, t2, t3
+                if st == OK:
+                    _prefetch4(packed, a0, b0, a1, b1, a2, b2, a3, b3)
+            for p in range(p0, p1):
+                k = p - p0
+                if sts[k] == OK:
+                    v, st = _sum4(packed, off[k, 0], off[k, 1], off[k, 2], off[k, 3], off[k, 4], off[k, 5],
+                                  off[k, 6], off[k, 7], frac[k, 0], frac[k, 1], frac[k, 2], frac[k, 3], shift,
+                                  want_grad, g), OK
+                else:
+                    v, st = _not_ok(sts[k], g)
+                first_bad = _store(p, v, st, g, want_grad, values, grads, status, first_bad)
         elif n == 5:
-            v, st = _interp5(packed, lo, inv_dx, npts, periodic, strides, states, p, shift, want_grad, g)
+            for p in range(p0, p1):
+                k = p - p0
+                st, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, t0, t1, t2, t3, t4 = _axes5(
+                    lo, inv_dx, npts, periodic, strides, states, p)
+                sts[k] = st
+                off[k, 0], off[k, 1], off[k, 2], off[k, 3], off[k, 4] = a0, b0, a1, b1, a2
+                off[k, 5], off[k, 6], off[k, 7], off[k, 8], off[k, 9] = b2, a3, b3, a4, b4
+                frac[k, 0], frac[k, 1], frac[k, 2], frac[k, 3], frac[k, 4] = t0, t1, t2, t3, t4
+                if st == OK:
+                    _prefetch5(packed, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4)
+            for p in range(p0, p1):
+                k = p - p0
+                if sts[k] == OK:
+                    v, st = _sum5(packed, off[k, 0], off[k, 1], off[k, 2], off[k, 3], off[k, 4], off[k, 5],
+                                  off[k, 6], off[k, 7], off[k, 8], off[k, 9], frac[k, 0], frac[k, 1], frac[k, 2],
+                                  frac[k, 3], frac[k, 4], shift, want_grad, g), OK
+                else:
+                    v, st = _not_ok(sts[k], g)
+                first_bad = _store(p, v, st, g, want_grad, values, grads, status, first_bad)
         else:
-            v, st = _interp_generic(packed, lo, inv_dx, npts, periodic, strides, states, p, shift, want_grad, g,
-                                    rows, wts)
-        values[p] = v
-        status[p] = st
-        if want_grad:
-            for k in range(n):
-                grads[p, k] = g[k]
-        if st > OUTSIDE and first_bad < 0:
-            first_bad = p
+            for p in range(p0, p1):
+                v, st = _interp_generic(packed, lo, inv_dx, npts, periodic, strides, states, p, shift, want_grad,
+                                        g, rows, wts)
+                first_bad = _store(p, v, st, g, want_grad, values, grads, status, first_bad)
+    return first_bad
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _store(p, v, st, g, want_grad, values, grads, status, first_bad):
+    values[p] = v
+    status[p] = st
+    if want_grad:
+        for k in range(g.shape[0]):
+            grads[p, k] = g[k]
+    if st > OUTSIDE and first_bad < 0:
+        return p
     return first_bad
