@@ -5,7 +5,8 @@
   above the documented margin), nominal actions random or aimed at the other agent, actions held for the decision
   period, exact integration in between and the separation checked at sub-steps: the cooperative filter gives zero
   violations, the same encounters without it collide; the worst-case filter against an opponent that plays the
-  grid's worst-case control never loses separation without flagging it (status best_effort) first;
+  grid's worst-case control gives zero violations within the game's engagement horizon T_e, and later never loses
+  separation without flagging it (status best_effort) first;
 - diagnostics (prioritization against a brute-force reference, collision pairs, R_c counts, Prop. 1), the single
   agent call, responsibilities, the most-safe fallback and input errors.
 
@@ -340,7 +341,8 @@ def test_worst_case_filter_against_the_worst_case_opponent(vfs, name, kind):
     model = get_model(name)
     worst = vfs[name]["worst_case"]
     d = D[name]
-    flt = LayeredSafetyFilter(model, worst_case=worst, mode="worst_case", safety_distance=d, conflict_range=2 * d)
+    flt = LayeredSafetyFilter(model, worst_case=worst, mode="worst_case", safety_distance=d, conflict_range=2 * d,
+                              value_margin=MARGIN[name])
 
     def opponent(x):
         xp = x.reshape(-1, 2, x.shape[1])
@@ -358,6 +360,8 @@ def test_worst_case_filter_against_the_worst_case_opponent(vfs, name, kind):
     violated = first_v < 10 ** 9
     silent = violated & (first_be > first_v)
     assert int(silent.sum()) == 0, f"{int(silent.sum())} pairs lost separation without a best_effort flag"
+    early = first_v < n_te
+    assert int(early.sum()) == 0, f"{int(early.sum())} pairs lost separation within T_e ({n_te} periods)"
     assert counts[CORRECTED] + counts[MOST_SAFE] > 100
 
 
