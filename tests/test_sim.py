@@ -175,6 +175,44 @@ def test_scenario_shapes_match_the_paper():
         make_scenario("nope")
 
 
+def test_intersection_departure_schedule():
+    """The paper's schedule by default (one departure per corridor every 90 s +-15 s, corridor pairs meeting at the
+    crossing 22 s apart); the previous dense schedule (20 s, +-3 s, random corridor offset) stays available."""
+    for seed in range(5):
+        it = make_scenario("intersection", seed=seed)
+        first, second = it.departure_times[:8], it.departure_times[8:]
+        assert np.all(np.abs(np.diff(first) - 90.0) <= 30.0) and np.all(np.abs(np.diff(second) - 90.0) <= 30.0)
+        # equal distances to the crossing: the departure offset is the arrival offset (-22 s +- 2 x 15 s)
+        assert np.all(np.abs(second - first + 22.0) <= 30.0)
+        assert it.departure_times.min() == 0.0
+        # the dense variant reproduces the earlier default exactly (same draws)
+        dense = make_scenario("intersection", seed=seed, interval=20.0, jitter=3.0, crossing_lead=None)
+        rng = np.random.default_rng(seed)
+        offset = rng.uniform(0.0, 20.0)
+        old = np.concatenate([np.arange(8) * 20.0 + rng.uniform(-3.0, 3.0, size=8) + c * offset for c in range(2)])
+        np.testing.assert_allclose(dense.departure_times, old - old.min())
+        np.testing.assert_array_equal(dense.waypoints, it.waypoints)
+
+
+def test_skip_missed_simulator_diagnostic():
+    from clients.sim.forensics import SkipMissedSimulator
+
+    sc = make_scenario("intersection", seed=0)
+    sim = SkipMissedSimulator(sc, record=False)
+    sim.controller._memory.aim(sc.initial_states[:, :2], sc.waypoints[:, 0], sc.waypoint_speed[:, 0],
+                               sc.waypoint_heading[:, 0], np.arange(sc.n_agents), 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    mem = sim.controller._memory
+    mem.runup[:] = False
+    mem.runup[3] = True  # agent 3 "missed" its first waypoint: skipped, not flown again
+    sim._update_waypoints()
+    assert sim.wp_idx[3] == 1 and sim.skipped == 1 and not mem.runup[3] and not sim.removed[3]
+    sim.wp_idx[5] = sc.n_waypoints - 1
+    mem.runup[5] = True  # a missed goal ends the flight there, not reached
+    sim._update_waypoints()
+    assert sim.removed[5] and sim.missed_goals == 1 and np.isnan(sim.goal_time[5])
+    assert sim.goal_reach_pct == pytest.approx(100.0 * 15 / 16)
+
+
 def test_box_qp_exact():
     # one constraint z0 + z1 >= 1 from zref = 0: projection (0.5, 0.5)
     out, status = np.empty((1, 2)), np.empty(1, np.int64)

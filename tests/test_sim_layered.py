@@ -76,3 +76,31 @@ def test_simulate_command_writes_tables_and_pictures(tiny_store, tmp_path, capsy
     assert (tmp_path / "random_seed2.png").stat().st_size > 1000
     assert (tmp_path / "random_layered_closest.png").exists()
     assert cli is not None
+
+
+def test_forensics_reports_the_encounter_like_the_simulator(layered):
+    from clients.sim.forensics import near_collision_forensics
+
+    base = make_scenario("random", seed=0)
+
+    def two_too_close(seed):  # start 0.45 m apart (< d = 0.5 m), then fly apart: a near-collision at once
+        x0 = np.array([[0.0, 0.0, 0.0, 0.0], [0.45, 0.0, 0.0, 0.0]])
+        return base.with_(initial_states=x0, waypoints=np.array([[[-1.2, 0.0]], [[1.6, 0.0]]]),
+                          waypoint_heading=np.full((2, 1), np.nan), waypoint_speed=np.zeros((2, 1)),
+                          departure_times=np.zeros(2), max_time=15.0, seed=seed)
+
+    ctrl = QuadrotorTracker(cruise=0.3)
+    ref = Simulator(two_too_close(0), model=QUAD, filter=layered, controller=ctrl, conflict_range=0.9).run()
+    assert ref.near_collision_steps > 0
+    rep = near_collision_forensics("random", layered, episodes=1, conflict_range=0.9, scenario_factory=two_too_close,
+                                   controller=QuadrotorTracker(cruise=0.3))
+    assert rep.near_collision_steps == ref.near_collision_steps and rep.agent_steps == ref.agent_steps
+    assert 0 < rep.near_collision_steps_decision <= rep.near_collision_steps
+    [enc] = rep.encounters
+    assert (enc.i, enc.j) == (0, 1) and enc.t_first == 0.0 and enc.steps == ref.near_collision_steps // 2
+    assert enc.min_separation == pytest.approx(ref.min_separation)
+    assert enc.crossing == "none"  # the barrier was negative from the start
+    assert enc.partners == (1, 0) and enc.third_agents == () and not enc.run_up
+    assert enc.history and enc.history[0][1] < 0
+    s = rep.summary()
+    assert s["encounters"] == 1 and s["crossing"] == {"none": 1} and s["with_third_agent_in_rc"] == 0

@@ -8,6 +8,7 @@ Public API:
   :class:`BrakingCBFFilter`, :class:`LayeredFilter`;
 - metrics: :func:`episode_metrics`, :func:`aggregate`, :func:`markdown_table`;
 - command line: :mod:`clients.sim.cli` (``reach simulate``);
+- near-collision forensics: :mod:`clients.sim.forensics` (``scripts/diagnose_near_collisions.py``);
 - trainers: :mod:`clients.sim.wrappers` (PettingZoo / Gymnasium wrappers and built-in environments).
 """
 from .baselines import FILTER_NAMES, BrakingCBFFilter, ECBFFilter, LayeredFilter, NoFilter, make_filter

@@ -16,8 +16,9 @@ Quadrotor (paper Sec. VI-B, Table I/III; world coordinates centred on the origin
 Air taxi (paper Sec. VI-D, Tables IV/V), 1500 ft (457.2 m) separation, nominal speed 110 kn (56.6 m/s):
 - ``merge``: eight routes from the north-east merging into one westbound corridor, 5 waypoints, departures drawn
   uniformly over 60 s.
-- ``intersection``: two westbound corridors crossing, 8 aircraft each (16), 6 waypoints, departures spaced to
-  cause congestion at the crossing.
+- ``intersection``: two westbound corridors crossing, 8 aircraft each (16), 6 waypoints; the paper's departure
+  schedule (one per corridor every 90 s, the two corridors' aircraft paired at the crossing) causes congestion at
+  the crossing.
 """
 from __future__ import annotations
 
@@ -237,10 +238,19 @@ def air_taxi_merge(seed: int = 0, n_routes: int = 8, departure_window: float = 6
                     params={"departure_window": departure_window})
 
 
-def air_taxi_intersection(seed: int = 0, per_corridor: int = 8, interval: float = 20.0,
-                          crossing_angle_deg: float = 50.0, max_time: float = 2400.0) -> Scenario:
-    """Two westbound corridors crossing at the origin; each launches an aircraft every ``interval`` s (+-3 s
-    jitter, random offset between the corridors), so the streams meet at the crossing."""
+def air_taxi_intersection(seed: int = 0, per_corridor: int = 8, interval: float = 90.0, jitter: float = 15.0,
+                          crossing_lead: float | None = 22.0, crossing_angle_deg: float = 50.0,
+                          max_time: float = 2400.0) -> Scenario:
+    """Two westbound corridors crossing at the origin (6 waypoints 3.5 km apart on each, none at the crossing).
+
+    Departure schedule of the paper's intersection scenario (the authors' scenario definition: one departure per
+    corridor every 90 s, +-15 s uniform jitter, and the second corridor's schedule offset so that its k-th aircraft
+    reaches the crossing about 22 s, i.e. about R_c at nominal speed, before the first corridor's k-th aircraft):
+    every pair of aircraft meets at the crossing, which is how the paper induces congestion there. Here the two
+    corridors are equally long up to the crossing, so the offset of the departures equals ``crossing_lead``.
+    ``crossing_lead=None`` draws the offset between the corridors uniformly in [0, interval) instead (the schedule
+    this project used before, with ``interval=20, jitter=3``: a much denser stream, one aircraft per corridor every
+    20 s, i.e. in-trail spacing of about R_c; see docs/results.md, "Denser intersection")."""
     rng = np.random.default_rng(seed)
     spacing = 3500.0
     half = np.deg2rad(crossing_angle_deg) / 2
@@ -250,26 +260,30 @@ def air_taxi_intersection(seed: int = 0, per_corridor: int = 8, interval: float 
     origin = np.empty((n, 2))
     wps = np.empty((n, 6, 2))
     dep = np.empty(n)
-    offset = rng.uniform(0.0, interval)
+    offset = rng.uniform(0.0, interval)  # drawn in either case, so that the jitter draws do not depend on the mode
+    if crossing_lead is not None:
+        offset = -float(crossing_lead)  # equal distances to the crossing: depart earlier by the lead
     for c, ang in enumerate((np.pi - half, np.pi + half)):  # WNW and WSW headings, both westbound
         e = np.array([np.cos(ang), np.sin(ang)])
         sl = slice(c * per_corridor, (c + 1) * per_corridor)
         origin[sl] = s0 * e
         wps[sl] = s_wp[None, :, None] * e[None, None, :]
-        dep[sl] = np.arange(per_corridor) * interval + rng.uniform(-3.0, 3.0, size=per_corridor) + c * offset
+        dep[sl] = np.arange(per_corridor) * interval + rng.uniform(-jitter, jitter, size=per_corridor) + c * offset
     dep -= dep.min()
     heading = _leg_headings(origin, wps)
     speed = np.full((n, 6), AIR_TAXI_NOMINAL_SPEED)
     ext = abs(s0) + 2000.0
     ylim = np.sin(half) * ext + 1000.0
+    sched = (f"one every {interval:g} s (+-{jitter:g} s)" + (f", paired at the crossing {crossing_lead:g} s apart"
+                                                             if crossing_lead is not None else ""))
     return Scenario(name="intersection", model="air_taxi", initial_states=_air_taxi_states(origin, wps[:, 0],
                     AIR_TAXI_NOMINAL_SPEED), waypoints=wps, waypoint_heading=heading, waypoint_speed=speed,
                     departure_times=dep, max_time=max_time, bounds=(-ext, ext, -ylim, ylim),
                     safety_distance=AIR_TAXI_SEPARATION, conflict_range=AIR_TAXI_CONFLICT_RANGE,
                     remove_at_goal=True, seed=seed,
                     description=f"two westbound corridors crossing at {crossing_angle_deg:g} deg, {per_corridor} "
-                                f"aircraft each, one every {interval:g} s, 1500 ft separation",
-                    params={"interval": interval})
+                                f"aircraft each, {sched}, 1500 ft separation",
+                    params={"interval": interval, "jitter": jitter, "crossing_lead": crossing_lead})
 
 
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
