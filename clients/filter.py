@@ -39,8 +39,9 @@ with the model's exact `step_agents` to the check times tau_q = q dt / n_checks 
 discrete condition B(s(tau_q)) >= (1 - gamma_cbf tau_q) B_k is evaluated, and mu is raised by 1.25 times the
 largest measured deficit rate ((1 - gamma_cbf tau) B_k - B(s(tau))) / tau until it holds (at most `max_iter`
 rounds). If no linear candidate passes, a vertex search tries every combination of {clip(ref), lo, hi} per
-control component (3^(#controls) candidates): the cheapest passing one is applied (status searched), else the
-candidate with the largest slack (status best_effort, the only case without the guarantee). The check is
+control component (at most 3^(#controls) distinct candidates): the cheapest passing one is applied (status
+searched), else the candidate with the largest slack (status best_effort, the only case without the guarantee).
+The check is
 skipped when it cannot fail: B changes at most Lambda tau over tau, with Lambda = sum_i L_i rate_i from the
 grid's Lipschitz constants L_i (max(L_i, 1) in the position dims, for the ||p|| - d branch of B) and the model's
 exact rate bounds (`dissipation_bounds` over the grid box), so gamma_cbf B_k >= Lambda implies the condition at
@@ -55,12 +56,14 @@ separation's sagitta (at most v_rel^2 (dt / n_checks)^2 / (8 d), about 1e-3 m fo
 covered. `value_margin` (m) absorbs the grid's own error: by default the margin the solver validated the grid at
 plus its measured closed-loop shortfall, validation.margin + max(0, -validation.worst_separation_excess) (states
 with V0 < d + margin were never validated; 0.3 m for the default quadrotor grid, 0 of 1000 falsified); coarse
-grids need more than their validation shortfall (tests/test_filter.py documents 0.4 m and 500 m for its small quadrotor and air-taxi
-grids and checks the guarantee on 10,000 random encounters per model and nominal policy). worst_case mode: the
-worst-case games are solved over a finite engagement horizon T_e (they do not converge when the opponent is as
-agile as the ego), so B_worst >= 0 is not invariant over longer times: against an opponent that keeps playing the
-worst case the check can become infeasible; the filter then applies the best-effort candidate and reports it
-(status best_effort) before any loss of separation. Every step without best_effort keeps the guarantee above.
+grids need more than their validation shortfall (tests/test_filter.py documents 0.4 m and 500 m for its small
+quadrotor and air-taxi grids and checks the guarantee on 10,000 random encounters per model and nominal policy).
+worst_case mode: the worst-case games are solved over a finite engagement horizon T_e (they do not converge when
+the opponent is as agile as the ego), so B_worst >= 0 is only guaranteed over T_e (tests/test_filter.py: zero
+violations within T_e against the worst-case opponent) and is not invariant over longer times: against an
+opponent that keeps playing the worst case the check can become infeasible; the filter then applies the
+best-effort candidate and reports it (status best_effort) before any loss of separation. Every step without
+best_effort keeps the guarantee above.
 
 Performance: all kernels are numba, no Python per agent: the cell list visits each close pair once; the
 prioritization evaluates the nearest neighbour first and skips the lookup of any neighbour whose lower bound
@@ -671,19 +674,32 @@ def _build_kernels(model):
                 rows_p = np.empty(n_comb, dtype=np.int64)
                 vs = np.empty(n_comb)
                 vd = np.empty(n_comb)
+                levels = np.empty((mm, 3))
+                n_lv = np.empty(mm, dtype=np.int64)
                 for h in range(nf):
                     q = fail[h]
+                    # the distinct levels of each component, in the order clip(ref), lo, hi (a nominal action at a
+                    # bound, or a component with no responsibility, would only repeat a candidate)
+                    n_comb = 1
+                    for z in range(mm):
+                        r_z = min(max(REF[q, z], LO[q, z]), HI[q, z])
+                        levels[z, 0] = r_z
+                        k = 1
+                        if DW[q, z] > 0.0:
+                            if LO[q, z] != r_z:
+                                levels[z, k] = LO[q, z]
+                                k += 1
+                            if HI[q, z] != r_z and HI[q, z] != LO[q, z]:
+                                levels[z, k] = HI[q, z]
+                                k += 1
+                        n_lv[z] = k
+                        n_comb *= k
                     for comb in range(n_comb):
                         code3 = comb
                         cst = 0.0
                         for z in range(mm):
-                            level = code3 % 3
-                            code3 //= 3
-                            r_z = min(max(REF[q, z], LO[q, z]), HI[q, z])
-                            if DW[q, z] <= 0.0 or level == 0:
-                                u_z = r_z
-                            else:
-                                u_z = LO[q, z] if level == 1 else HI[q, z]
+                            u_z = levels[z, code3 % n_lv[z]]
+                            code3 //= n_lv[z]
                             cand[comb, z] = u_z
                             if DW[q, z] > 0.0:
                                 cst += (u_z - REF[q, z]) ** 2 / DW[q, z]
@@ -945,8 +961,9 @@ class LayeredSafetyFilter:
     validation margin plus measured closed-loop shortfall, attrs.validation.margin +
     max(0, -attrs.validation.worst_separation_excess), else 0); vertex_search:
     when no linear candidate passes the sampled-data check, try every combination of {lo, clip(nominal), hi}
-    per control component (3^(2m) joint candidates) and keep the cheapest passing one, else the one with the
-    largest slack. The settings are read at every call (changing an attribute takes effect at the next call).
+    per control component (at most 3^(2m) distinct joint candidates) and keep the cheapest passing one, else the
+    one with the largest slack. The settings are read at every call (changing an attribute takes effect at the next
+    call).
     """
 
     def __init__(self, model, cooperative: ValueFunction | None = None, worst_case: ValueFunction | None = None,
