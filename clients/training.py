@@ -157,6 +157,54 @@ def _count_kernel(pos, d, rc):
     return near, n_rc
 
 
+@njit(cache=True, nogil=True)
+def _count_nearest_kernel(pos, d, rc):
+    """`_count_kernel` plus every agent's exact nearest-neighbour distance (inf for a single agent): from the cell
+    list within max(d, R_c), all pairs only for the agents with no neighbour in that range. Also returns the
+    conflict flags (n_rc > 1) and the counts of near-collision and conflict agents. ok = False when a position is
+    not finite (nothing else is then computed)."""
+    n = pos.shape[0]
+    near = np.zeros(n, dtype=np.bool_)
+    n_rc = np.zeros(n, dtype=np.int64)
+    nearest = np.full(n, np.inf)
+    conflict = np.zeros(n, dtype=np.bool_)
+    for i in range(n):
+        if not (math.isfinite(pos[i, 0]) and math.isfinite(pos[i, 1])):
+            return near, n_rc, nearest, conflict, 0, 0, False
+    indptr, indices = neighbor_lists(pos, max(d, rc))
+    for i in range(n):
+        for e in range(indptr[i], indptr[i + 1]):
+            j = indices[e]
+            dx = pos[j, 0] - pos[i, 0]
+            dy = pos[j, 1] - pos[i, 1]
+            d2 = dx * dx + dy * dy
+            dij = math.sqrt(d2)
+            if dij < d:
+                near[i] = True
+            if dij < rc:
+                n_rc[i] += 1
+            if d2 < nearest[i] * nearest[i]:
+                nearest[i] = dij
+    for i in range(n):
+        if nearest[i] < math.inf:
+            continue
+        for j in range(n):
+            if j == i:
+                continue
+            dx = pos[j, 0] - pos[i, 0]
+            dy = pos[j, 1] - pos[i, 1]
+            d2 = dx * dx + dy * dy
+            if d2 < nearest[i] * nearest[i]:
+                nearest[i] = math.sqrt(d2)
+    n_near = 0
+    n_conflict = 0
+    for i in range(n):
+        conflict[i] = n_rc[i] > 1
+        n_near += near[i]
+        n_conflict += conflict[i]
+    return near, n_rc, nearest, conflict, n_near, n_conflict, True
+
+
 class SafetyCounters:
     """Near-collision and conflict counters over (agent, step) samples (the paper's metrics).
 
@@ -183,6 +231,23 @@ class SafetyCounters:
         self.near_collisions += int(near.sum())
         self.conflicts += int((n_rc > 1).sum())
         return near, n_rc
+
+    def update_with_nearest(self, positions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """`update` that also returns, from the same pass, every agent's nearest-neighbour distance (N,) (what the
+        trainer wrappers report as the minimum separation), the conflict flags n_in_rc > 1 and this step's numbers
+        of near-collision and conflict agents: (near, n_in_rc, nearest, conflict, n_near, n_conflict). Counts
+        exactly like `update`."""
+        pos = np.asarray(positions, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 2:
+            raise ValueError("positions must be finite with shape (N, 2)")
+        near, n_rc, nearest, conflict, n_near, n_conflict, ok = _count_nearest_kernel(
+            np.ascontiguousarray(pos), self.safety_distance, self.conflict_range)
+        if not ok:
+            raise ValueError("positions must be finite with shape (N, 2)")
+        self.samples += pos.shape[0]
+        self.near_collisions += n_near
+        self.conflicts += n_conflict
+        return near, n_rc, nearest, conflict, n_near, n_conflict
 
     @property
     def near_collision_pct(self) -> float:

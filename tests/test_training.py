@@ -69,3 +69,24 @@ def test_safety_counters():
     assert c.near_collision_pct == pytest.approx(50.0) and c.conflict_pct == pytest.approx(75.0)
     c.update(np.array([[0.0, 0], [5.0, 0]]))
     assert c.samples == 6 and c.near_collisions == 2 and c.conflicts == 3
+
+
+@pytest.mark.parametrize("n, spread", [(0, 1.0), (1, 1.0), (2, 50.0), (40, 3.0), (40, 40.0), (300, 20.0)])
+def test_update_with_nearest_matches_update_and_all_pairs(n, spread):
+    """One cell-list pass gives the same counts as `update` and every agent's exact nearest distance (also for
+    agents with nobody within max(d, R_c): all pairs for those)."""
+    from clients.sim.simulator import nearest_and_count
+
+    pos = np.random.default_rng(n).uniform(0.0, spread, size=(n, 2))
+    a, b = SafetyCounters(0.5, 1.0), SafetyCounters(0.5, 1.0)
+    near, n_rc = a.update(pos)
+    near2, n_rc2, nearest, conflict, n_near, n_conflict = b.update_with_nearest(pos)
+    np.testing.assert_array_equal(near, near2)
+    np.testing.assert_array_equal(n_rc, n_rc2)
+    np.testing.assert_array_equal(conflict, n_rc > 1)
+    assert n_near == near.sum() and n_conflict == (n_rc > 1).sum()
+    assert (a.samples, a.near_collisions, a.conflicts) == (b.samples, b.near_collisions, b.conflicts)
+    expect = nearest_and_count(pos, 0.0)[0] if n > 1 else np.full(n, np.inf)
+    np.testing.assert_array_equal(nearest, expect)
+    with pytest.raises(ValueError, match="finite"):
+        b.update_with_nearest(np.array([[0.0, 0.0], [np.nan, 1.0]]))

@@ -128,3 +128,48 @@ def test_vector_env_wrapper():
     assert rew.shape == (2,)
     assert info["safety"]["intervention_rate"].shape == (2,)
     safe.close()
+
+
+def test_adapter_kernels_match_numpy():
+    """The joint-action fast paths of NavigationAdapter give exactly the numpy formulas (float32 and float64
+    actions, NaN passing through), and fall back to numpy for negative or out-of-range ids."""
+    from clients.sim.wrappers import _intervened
+    from reach.models import get_model
+
+    model = get_model("air_taxi")
+    ad = NavigationAdapter(model)
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        acts = rng.uniform(-1.5, 1.5, size=(9, 2)).astype(dtype)
+        acts[4, 1] = np.nan
+        ids = np.array([0, 2, 3, 4, 8])
+        got = ad.actions_to_controls(None, ids, acts)
+        want = ad.center + ad.half * np.clip(np.asarray(acts, float)[ids], -1.0, 1.0)
+        np.testing.assert_array_equal(got, want)
+        ctrl = rng.uniform(-0.2, 2.5, size=(5, 2))
+        ctrl[1, 0] = np.nan
+        got = ad.controls_to_actions(None, ids, ctrl, acts)
+        want = np.array(acts, dtype=np.float32, copy=True)
+        want[ids] = np.clip((ctrl - ad.center) / ad.half, -1.0, 1.0).astype(np.float32)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.float32
+    neg = np.array([-1, 0])
+    np.testing.assert_array_equal(ad.actions_to_controls(None, neg, acts),
+                                  ad.center + ad.half * np.clip(np.asarray(acts, float)[neg], -1.0, 1.0))
+    with pytest.raises(IndexError):
+        ad.actions_to_controls(None, np.array([0, 9]), acts)
+    with pytest.raises(IndexError):
+        ad.controls_to_actions(None, np.array([0, 9]), np.zeros((2, 2)), acts)
+    # intervened: the numpy definition, and NaN states still raise
+    states = np.column_stack([rng.uniform(0, 100, (6, 2)), rng.uniform(-3, 3, 6), rng.uniform(30, 91, 6)])
+    states[0, 3] = model.parameters.get("v_max", 90.03)  # at a speed bound: a state-dependent box
+    ctrl = rng.uniform(-0.1, 2.0, size=(6, 2))
+    safe = ctrl.copy()
+    safe[[1, 3], 0] += np.array([1e-9, 0.05])
+    lo, hi = model.agent_control_bounds(states)
+    want = np.any(np.abs(safe - ctrl) > 1e-6 * np.maximum(hi - lo, 1e-12), axis=1)
+    np.testing.assert_array_equal(_intervened(model, states, safe, ctrl), want)
+    assert want.tolist() == [False, False, False, True, False, False]
+    states[2, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        _intervened(model, states, safe, ctrl)

@@ -22,16 +22,18 @@ sub-env). Built-in environments over :mod:`clients.sim.simulator` to test them: 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 import gymnasium as gym
 import numpy as np
+from numba import njit
 from pettingzoo import ParallelEnv
 
 from .baselines import neighbours_within, world_velocity
 from .scenarios import SCENARIO_MODEL, make_scenario
-from .simulator import Simulator, nearest_and_count
+from .simulator import Simulator
 
 
 # ------------------------------------------------------------------------------------------------ the protocol
@@ -113,20 +115,20 @@ class SafetyLayer:
         n = controls.shape[0]
         if not self.filter_on or self.filter is None or n == 0:
             return controls, {"intervened": np.zeros(n, bool)}
-        safe, info = self.filter.filter(np.asarray(states, float), controls)
+        x = np.ascontiguousarray(states, dtype=np.float64)
+        safe, info = self.filter.filter(x, controls)
         safe = np.asarray(safe, float)
-        lo, hi = self.model.agent_control_bounds(np.asarray(states, float))
-        span = np.maximum(hi - lo, 1e-12)
-        diag = {"intervened": np.any(np.abs(safe - controls) > 1e-6 * span, axis=1)}
+        diag = {"intervened": _intervened(self.model, x, safe, controls)}
         if isinstance(info, dict):
-            diag.update({k: v for k, v in info.items() if isinstance(v, np.ndarray) and v.shape[:1] == (n,)})
+            for k, v in info.items():
+                if isinstance(v, np.ndarray) and v.shape[:1] == (n,):
+                    diag[k] = v
         return safe, diag
 
     def after_step(self, states: np.ndarray) -> dict[str, np.ndarray]:
         """Hook 3 (after the env step): penalty per agent (<= 0; 0 unless ``penalty_weight`` > 0 and the filter is
-        on) and the counters (near-collision / conflict at the target d and R_c)."""
-        from clients.training import agent_positions_velocities, conflict_penalty
-
+        on), the counters (near-collision / conflict at the target d and R_c) and every agent's nearest-neighbour
+        distance (one cell-list pass: `clients.training.SafetyCounters.update_with_nearest`)."""
         self.steps += 1
         states = np.asarray(states, float)
         n = states.shape[0]
@@ -134,14 +136,49 @@ class SafetyLayer:
             z = np.zeros(0)
             return {"penalty": z, "near_collision": z.astype(bool), "conflict": z.astype(bool),
                     "nearest": z, "n_in_conflict_range": z.astype(int)}
-        pos, vel = agent_positions_velocities(self.model, states)
-        near, n_rc = self.counters.update(pos)
-        penalty = np.zeros(n)
+        if states.ndim != 2 or states.shape[1] != self.model.n_agent_states:
+            raise ValueError(f"states must have shape (N, {self.model.n_agent_states}), got {states.shape}")
+        near, n_rc, nearest, conflict, n_near, n_conflict = self.counters.update_with_nearest(states[:, :2])
         if self.penalty_weight > 0 and self.filter_on and n > 1 and self.conflict_range > self.safety_distance:
+            from clients.training import agent_positions_velocities, conflict_penalty
+
+            pos, vel = agent_positions_velocities(self.model, states)
             penalty = conflict_penalty(pos, vel, self.safety_distance, self.conflict_range, self.penalty_weight)
-        nearest = nearest_and_count(pos, 0.0)[0] if n > 1 else np.full(n, np.inf)
-        return {"penalty": penalty, "near_collision": near, "conflict": n_rc > 1, "nearest": nearest,
-                "n_in_conflict_range": n_rc}
+            penalty_sum = float(np.sum(penalty))
+        else:
+            penalty, penalty_sum = np.zeros(n), 0.0
+        return {"penalty": penalty, "near_collision": near, "conflict": conflict, "nearest": nearest,
+                "n_in_conflict_range": n_rc, "_rates": (n_near / n, n_conflict / n, penalty_sum)}
+
+
+def _intervened(model, states: np.ndarray, safe: np.ndarray, controls: np.ndarray) -> np.ndarray:
+    """(N,) bool: the applied control differs from the proposed one by more than 1e-6 of the state's control box
+    (`model.agent_control_bounds`), in one kernel; states must be finite (N, k)."""
+    if states.ndim != 2 or states.shape[1] != model.n_agent_states:
+        raise ValueError(f"agent_states must have shape (N, {model.n_agent_states}), got {states.shape}")
+    lo, hi = model.kernels.agent_control_bounds(states)
+    out, ok = _intervened_kernel(states, np.ascontiguousarray(safe), np.ascontiguousarray(controls), lo, hi)
+    if not ok:
+        raise ValueError("agent_states contains NaN or inf")
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _intervened_kernel(states, safe, controls, lo, hi):
+    n, m = safe.shape
+    out = np.zeros(n, dtype=np.bool_)
+    for i in range(n):
+        for z in range(states.shape[1]):
+            if not math.isfinite(states[i, z]):
+                return out, False
+    for i in range(n):
+        for z in range(m):
+            span = hi[i, z] - lo[i, z]
+            if span < 1e-12:
+                span = 1e-12
+            if abs(safe[i, z] - controls[i, z]) > 1e-6 * span:
+                out[i] = True
+    return out, True
 
 
 # ------------------------------------------------------------------------------------------------ built-in envs
@@ -332,8 +369,9 @@ class NavigationEnv(gym.Env):
 
     # the StateAdapter methods, so that vector envs can reach them through VectorEnv.call
     def safety_states(self):
-        idx = self.core.airspace()
-        return idx, self.core.sim.states[idx].copy()
+        """(indices, states) of the agents in the airspace (a copy; `Simulator.active` in one kernel)."""
+        sim = self.core.sim
+        return _airspace_states(sim.scenario.departure_times, float(sim.t), sim.removed, sim.states)
 
 
 def make_navigation_vector_env(num_envs: int = 2, scenario: str = "random", seed: int = 0, **kwargs):
@@ -368,10 +406,22 @@ class NavigationAdapter:
             rows = [actions.get(a, np.zeros(self.model.n_controls)) for a in ids]
             a = np.array(rows, float).reshape(len(ids), self.model.n_controls)
         else:
+            fast = _joint_rows(actions, ids, self.model.n_controls)
+            if fast is not None:  # one kernel, the same arithmetic as below
+                out, ok = _actions_to_controls_kernel(fast[0], fast[1], self.center, self.half)
+                if ok:
+                    return out
             a = np.asarray(actions, float)[np.asarray(ids, int)]
         return self.center + self.half * np.clip(a, -1.0, 1.0)
 
     def controls_to_actions(self, env, ids, controls, actions):
+        if not isinstance(actions, dict):
+            fast = _joint_rows(actions, ids, self.model.n_controls)
+            c = np.asarray(controls, float)
+            if fast is not None and c.shape == (fast[1].shape[0], self.model.n_controls):
+                out = np.array(actions, dtype=np.float32, copy=True)
+                if _controls_to_actions_kernel(np.ascontiguousarray(c), fast[1], self.center, self.half, out):
+                    return out
         acts = np.clip((np.asarray(controls, float) - self.center) / self.half, -1.0, 1.0).astype(np.float32)
         if isinstance(actions, dict):
             out = dict(actions)
@@ -384,15 +434,88 @@ class NavigationAdapter:
         return out
 
 
+@njit(cache=True, nogil=True)
+def _airspace_states(departure_times, t, removed, states):
+    """indices of the agents with departure_time <= t + 1e-9 and not removed (`Simulator.active`), and a copy of
+    their states."""
+    n = states.shape[0]
+    idx = np.empty(n, dtype=np.int64)
+    cnt = 0
+    for i in range(n):
+        if departure_times[i] <= t + 1e-9 and not removed[i]:
+            idx[cnt] = i
+            cnt += 1
+    out = np.empty((cnt, states.shape[1]))
+    for r in range(cnt):
+        for z in range(states.shape[1]):
+            out[r, z] = states[idx[r], z]
+    return idx[:cnt].copy(), out
+
+
+def _joint_rows(actions, ids, m):
+    """(actions, ids) as a C-contiguous float32/float64 (N, m) array and int64 row ids when the kernels below apply
+    (numpy does the rest: other dtypes, and ids outside [0, N), which the kernels report instead of using)."""
+    if not isinstance(actions, np.ndarray) or actions.dtype not in (np.float32, np.float64) or actions.ndim != 2 \
+            or actions.shape[1] != m:
+        return None
+    idx = ids if isinstance(ids, np.ndarray) and ids.dtype == np.int64 else np.asarray(ids, dtype=np.int64)
+    if idx.ndim != 1:
+        return None
+    return np.ascontiguousarray(actions), idx
+
+
+@njit(cache=True, nogil=True)
+def _rows_in_range(ids, n):
+    for r in range(ids.shape[0]):
+        if ids[r] < 0 or ids[r] >= n:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _actions_to_controls_kernel(actions, ids, center, half):
+    """center + half * clip(float64(actions[ids]), -1, 1) (NaN passes through, as with np.clip); ok = False (and
+    nothing computed) when an id is outside [0, N)."""
+    m = actions.shape[1]
+    out = np.empty((ids.shape[0], m))
+    if not _rows_in_range(ids, actions.shape[0]):
+        return out, False
+    for r in range(ids.shape[0]):
+        for z in range(m):
+            a = np.float64(actions[ids[r], z])
+            if a < -1.0:
+                a = -1.0
+            elif a > 1.0:
+                a = 1.0
+            out[r, z] = center[z] + half[z] * a
+    return out, True
+
+
+@njit(cache=True, nogil=True)
+def _controls_to_actions_kernel(controls, ids, center, half, out):
+    """out[ids] = float32(clip((controls - center) / half, -1, 1)) (NaN passes through, as with np.clip); False
+    (out untouched) when an id is outside [0, N)."""
+    if not _rows_in_range(ids, out.shape[0]):
+        return False
+    for r in range(ids.shape[0]):
+        for z in range(controls.shape[1]):
+            a = (controls[r, z] - center[z]) / half[z]
+            if a < -1.0:
+                a = -1.0
+            elif a > 1.0:
+                a = 1.0
+            out[ids[r], z] = np.float32(a)
+    return True
+
+
 # ------------------------------------------------------------------------------------------------ wrappers
 def _penalize_and_report(layer: SafetyLayer, ids, states_after, diag) -> dict:
     rep = layer.after_step(states_after)
-    return {"ids": list(ids), "intervened": diag.get("intervened"), "penalty": rep["penalty"],
+    return {"ids": ids, "intervened": diag.get("intervened"), "penalty": rep["penalty"], "_rates": rep.get("_rates"),
             "near_collision": rep["near_collision"], "conflict": rep["conflict"], "nearest": rep["nearest"],
             "n_in_conflict_range": rep["n_in_conflict_range"], "filter_on": layer.filter_on,
             "safety_distance": layer.safety_distance, "conflict_range": layer.conflict_range,
-            "near_collision_pct": layer.counters.near_collision_pct, "conflict_pct": layer.counters.conflict_pct,
-            "diagnostics": {k: v for k, v in diag.items() if k != "intervened"}}
+            "near_collision_pct": layer.counters.near_collision_pct, "conflict_pct": layer.counters.conflict_pct}
 
 
 class SafeParallelEnv(ParallelEnv):
@@ -457,13 +580,23 @@ class SafeParallelEnv(ParallelEnv):
         self.env.close()
 
 
+def _rate(x) -> float:
+    """Share of True in a boolean array (the same float as np.mean), 0 for None or empty."""
+    if x is None or not len(x):
+        return 0.0
+    return np.count_nonzero(x) / len(x) if x.dtype == np.bool_ else float(np.mean(x))
+
+
 def _summary(rep: dict) -> dict:
     n = len(rep["ids"])
-    f = (lambda x: float(np.mean(x)) if x is not None and len(x) else 0.0)
-    return {"agents_in_airspace": n, "near_collision_rate": f(rep["near_collision"]),
-            "conflict_rate": f(rep["conflict"]), "intervention_rate": f(rep["intervened"]),
-            "penalty_sum": float(np.sum(rep["penalty"])) if n else 0.0,
-            "min_separation": float(np.min(rep["nearest"])) if n else float("inf"),
+    f = _rate
+    rates = rep.get("_rates")  # (near-collision rate, conflict rate, penalty sum) from after_step's kernel pass
+    if rates is None or not n:
+        rates = (f(rep["near_collision"]), f(rep["conflict"]), float(np.sum(rep["penalty"])) if n else 0.0)
+    return {"agents_in_airspace": n, "near_collision_rate": rates[0],
+            "conflict_rate": rates[1], "intervention_rate": f(rep["intervened"]),
+            "penalty_sum": rates[2],
+            "min_separation": float(rep["nearest"].min()) if n else float("inf"),
             "filter_on": rep["filter_on"], "safety_distance": rep["safety_distance"],
             "conflict_range": rep["conflict_range"], "near_collision_pct": rep["near_collision_pct"],
             "conflict_pct": rep["conflict_pct"]}
@@ -489,8 +622,9 @@ class SafeJointEnv(gym.Wrapper):
         ids_after, states_after = self.adapter.agent_states(self.env)
         rep = _penalize_and_report(layer, ids_after, states_after, diag)
         info = dict(info)
-        info["safety"] = _summary(rep) | {"penalty": rep["penalty"], "intervened": diag["intervened"]}
-        return obs, float(rew) + float(np.sum(rep["penalty"])), term, trunc, info
+        summary = _summary(rep)
+        info["safety"] = summary | {"penalty": rep["penalty"], "intervened": diag["intervened"]}
+        return obs, float(rew) + summary["penalty_sum"], term, trunc, info
 
 
 class SafeVectorEnv(gym.vector.VectorWrapper):
