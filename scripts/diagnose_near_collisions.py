@@ -60,9 +60,10 @@ def main(argv=None) -> int:
     print(f"# {args.scenario} under layered: {probe.description}; d = {probe.safety_distance:g} m, R_c = {rc:.4g} m, "
           f"value margin {layered.inner.value_margin:g} m, {args.episodes} episodes from seed {args.seed}\n")
     for e in rep.encounters:
-        print(f"seed {e.seed} pair ({e.i}, {e.j}) t={e.t_first:.0f} s, {e.steps} steps, min sep {e.min_separation:.0f} m; "
-              f"partners {e.partners}, status {e.status}, within R_c {e.n_in_rc}, third agents {list(e.third_agents)}, "
-              f"run-up {e.run_up}; B last >= 0 at t={e.crossing_t:.0f} s: {e.crossing} {e.crossing_status}")
+        print(f"seed {e.seed} pair ({e.i}, {e.j}) t={e.t_first:.0f} s, {e.steps} steps, "
+              f"min sep {e.min_separation:.0f} m; partners {e.partners}, status {e.status}, within R_c {e.n_in_rc}, "
+              f"third agents {list(e.third_agents)}, run-up {e.run_up}; B last >= 0 at t={e.crossing_t:.0f} s: "
+              f"{e.crossing} {e.crossing_status}")
         for t, b, pi, pj, si, sj in e.history:
             mark = "  <- crossing" if (not math.isnan(e.crossing_t) and t == e.crossing_t) else ""
             print(f"    t={t:6.0f}  B={b:8.1f}  partner_i={pi:3d} partner_j={pj:3d}  {si:>12s} / {sj:<12s}{mark}")
