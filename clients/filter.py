@@ -354,45 +354,51 @@ def _build_kernels(model):
         the check stops once every row is settled."""
         gp, glo, ginv, gn, gper, gstr = grid
         C = 1 if cooperative else n_corner
-        R = L * C
-        X = np.empty((2 * R, k_dim))
-        UU = np.empty((2 * R, m))
+        live = np.empty(L, dtype=np.int64)     # the rows not settled yet: only they are predicted again
+        n_live = L
         for r in range(L):
-            q = rows_pair[r]
+            live[r] = r
             slack[r] = math.inf
             deficit[r] = 0.0
-            for cc in range(C):
-                w = r * C + cc
-                for z in range(k_dim):
-                    X[w, z] = XA[q, z]
-                    X[R + w, z] = XB[q, z]
-                for z in range(m):
-                    UU[w, z] = U[r, z]
-                    if cooperative:
-                        UU[R + w, z] = U[r, m + z]
-                    else:
-                        UU[R + w, z] = bhi[q, z] if (cc >> z) & 1 else blo[q, z]
         for qi in range(n_checks):
             # the end of the period first: failing rows are most negative there, so most settle after one lookup
             qc = n_checks if qi == 0 else qi
             tau = dt * qc / n_checks
+            R = n_live * C
+            X = np.empty((2 * R, k_dim))
+            UU = np.empty((2 * R, m))
+            for h in range(n_live):
+                r = live[h]
+                q = rows_pair[r]
+                for cc in range(C):
+                    w = h * C + cc
+                    for z in range(k_dim):
+                        X[w, z] = XA[q, z]
+                        X[R + w, z] = XB[q, z]
+                    for z in range(m):
+                        UU[w, z] = U[r, z]
+                        if cooperative:
+                            UU[R + w, z] = U[r, m + z]
+                        else:
+                            UU[R + w, z] = bhi[q, z] if (cc >> z) & 1 else blo[q, z]
             Xn = step(X, UU, tau)
             Sn = rel(Xn[:R], Xn[R:])
-            alive = False
-            for r in range(L):
-                if slack[r] < 0.0 and slack[r] <= bound:     # settled: can neither pass nor beat bound
-                    continue
+            nn = 0
+            for h in range(n_live):
+                r = live[h]
                 target_b = (1.0 - gamma * tau) * Bq[rows_pair[r]]
                 for cc in range(C):
-                    vb, st = barrier(gp, glo, ginv, gn, gper, gstr, Sn, r * C + cc, shift, d, False, g, isc, wsc)
+                    vb, st = barrier(gp, glo, ginv, gn, gper, gstr, Sn, h * C + cc, shift, d, False, g, isc, wsc)
                     if st > OUTSIDE:        # the prediction left the grid's bounds: never extrapolate
                         slack[r] = -math.inf
                         continue
                     slack[r] = min(slack[r], vb - target_b)
                     deficit[r] = max(deficit[r], (target_b - vb) / tau)
-                if slack[r] >= 0.0 or slack[r] > bound:
-                    alive = True
-            if not alive:
+                if slack[r] >= 0.0 or slack[r] > bound:     # else settled: can neither pass nor beat bound
+                    live[nn] = r
+                    nn += 1
+            n_live = nn
+            if n_live == 0:
                 break
 
     @njit(nogil=True)
