@@ -139,30 +139,12 @@ class CurriculumSchedule:
 
 # ------------------------------------------------------------------------------------------------ counters
 @njit(cache=True, nogil=True)
-def _count_kernel(pos, d, rc):
-    n = pos.shape[0]
-    near = np.zeros(n, dtype=np.bool_)
-    n_rc = np.zeros(n, dtype=np.int64)
-    indptr, indices = neighbor_lists(pos, max(d, rc))
-    for i in range(n):
-        for e in range(indptr[i], indptr[i + 1]):
-            j = indices[e]
-            dx = pos[j, 0] - pos[i, 0]
-            dy = pos[j, 1] - pos[i, 1]
-            dij = math.sqrt(dx * dx + dy * dy)
-            if dij < d:
-                near[i] = True
-            if dij < rc:
-                n_rc[i] += 1
-    return near, n_rc
-
-
-@njit(cache=True, nogil=True)
-def _count_nearest_kernel(pos, d, rc):
-    """`_count_kernel` plus every agent's exact nearest-neighbour distance (inf for a single agent): from the cell
-    list within max(d, R_c), all pairs only for the agents with no neighbour in that range. Also returns the
-    conflict flags (n_rc > 1) and the counts of near-collision and conflict agents. ok = False when a position is
-    not finite (nothing else is then computed)."""
+def _count_kernel(pos, d, rc, want_nearest):
+    """Per agent: another agent closer than d (near), the number of others inside R_c (n_rc), the conflict flag
+    (n_rc > 1), the nearest-neighbour distance (from the cell list within max(d, R_c); with want_nearest also all
+    pairs for the agents with no neighbour in that range, so exact for every agent; else inf for those; inf for a
+    single agent), and the numbers of near-collision and conflict agents. ok = False when a position is not finite (nothing else is then
+    computed)."""
     n = pos.shape[0]
     near = np.zeros(n, dtype=np.bool_)
     n_rc = np.zeros(n, dtype=np.int64)
@@ -186,7 +168,7 @@ def _count_nearest_kernel(pos, d, rc):
             if d2 < nearest[i] * nearest[i]:
                 nearest[i] = dij
     for i in range(n):
-        if nearest[i] < math.inf:
+        if nearest[i] < math.inf or not want_nearest:
             continue
         for j in range(n):
             if j == i:
@@ -226,10 +208,11 @@ class SafetyCounters:
         pos = np.ascontiguousarray(np.asarray(positions, dtype=np.float64))
         if pos.ndim != 2 or pos.shape[1] != 2 or not np.all(np.isfinite(pos)):
             raise ValueError("positions must be finite with shape (N, 2)")
-        near, n_rc = _count_kernel(pos, self.safety_distance, self.conflict_range)
+        near, n_rc, _, _, n_near, n_conflict, _ = _count_kernel(pos, self.safety_distance, self.conflict_range,
+                                                                 False)
         self.samples += pos.shape[0]
-        self.near_collisions += int(near.sum())
-        self.conflicts += int((n_rc > 1).sum())
+        self.near_collisions += n_near
+        self.conflicts += n_conflict
         return near, n_rc
 
     def update_with_nearest(self, positions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
@@ -240,8 +223,8 @@ class SafetyCounters:
         pos = np.asarray(positions, dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise ValueError("positions must be finite with shape (N, 2)")
-        near, n_rc, nearest, conflict, n_near, n_conflict, ok = _count_nearest_kernel(
-            np.ascontiguousarray(pos), self.safety_distance, self.conflict_range)
+        near, n_rc, nearest, conflict, n_near, n_conflict, ok = _count_kernel(
+            np.ascontiguousarray(pos), self.safety_distance, self.conflict_range, True)
         if not ok:
             raise ValueError("positions must be finite with shape (N, 2)")
         self.samples += pos.shape[0]
