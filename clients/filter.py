@@ -909,13 +909,14 @@ class FilterResult:
         self._rc_known = rc_known
         self._diagnostics = diagnostics
 
-    def _col(self, a, c):
+    @staticmethod
+    def _col(a, c):
+        """a[:, c] (c an index or a slice), contiguous (a one-row view already is)."""
         return np.ascontiguousarray(a[:, c]) if a.shape[0] > 1 else a[:, c]
 
     @cached_property
     def actions(self) -> np.ndarray:
-        m = self._f.shape[1] - 2
-        return np.ascontiguousarray(self._f[:, :m]) if self._f.shape[0] > 1 else self._f[:, :m]
+        return self._col(self._f, slice(0, self._f.shape[1] - 2))
 
     @cached_property
     def pair_value(self) -> np.ndarray:

@@ -232,34 +232,19 @@ def _interp4(packed, lo, inv_dx, npts, periodic, strides, states, row, shift, wa
 
 @njit(cache=True, nogil=True, inline="always")
 def _axes5(lo, inv_dx, npts, periodic, strides, states, row):
-    """(status, a0, b0, .., a4, b4, t0, .., t4) of states[row]: status OK, OUTSIDE or the first error code."""
-    s0, a0, b0, t0 = _axis(states[row, 0], 0, lo, inv_dx, npts, periodic, strides)
-    s1, a1, b1, t1 = _axis(states[row, 1], 1, lo, inv_dx, npts, periodic, strides)
-    s2, a2, b2, t2 = _axis(states[row, 2], 2, lo, inv_dx, npts, periodic, strides)
-    s3, a3, b3, t3 = _axis(states[row, 3], 3, lo, inv_dx, npts, periodic, strides)
+    """(status, a0, b0, .., a4, b4, t0, .., t4) of states[row]: `_axes4` and the fifth dim."""
+    st, a0, b0, a1, b1, a2, b2, a3, b3, t0, t1, t2, t3 = _axes4(lo, inv_dx, npts, periodic, strides, states, row)
     s4, a4, b4, t4 = _axis(states[row, 4], 4, lo, inv_dx, npts, periodic, strides)
-    st = OK
-    for sk in (s0, s1, s2, s3, s4):
-        if sk > OUTSIDE:
-            st = sk
-            break
-    if st == OK and (s0 == OUTSIDE or s1 == OUTSIDE):
-        st = OUTSIDE
+    if st <= OUTSIDE and s4 > OUTSIDE:      # an error in the fifth dim outranks "outside"
+        st = s4
     return st, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, t0, t1, t2, t3, t4
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _prefetch5(packed, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4):
-    for c0 in range(2):
-        r0 = a0 if c0 == 0 else b0
-        for c1 in range(2):
-            r1 = r0 + (a1 if c1 == 0 else b1)
-            for c2 in range(2):
-                r2 = r1 + (a2 if c2 == 0 else b2)
-                _prefetch_row(packed, r2 + a3 + a4)
-                _prefetch_row(packed, r2 + a3 + b4)
-                _prefetch_row(packed, r2 + b3 + a4)
-                _prefetch_row(packed, r2 + b3 + b4)
+    # the rows are sums of one offset per dim: fold dims 0 and 1 into the first of `_prefetch4`'s four
+    _prefetch4(packed, a0 + a1, a0 + b1, a2, b2, a3, b3, a4, b4)
+    _prefetch4(packed, b0 + a1, b0 + b1, a2, b2, a3, b3, a4, b4)
 
 
 @njit(cache=True, nogil=True, inline="always")
