@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clients.sim.baselines import make_filter  # noqa: E402
+from clients.sim.baselines import make_filter, open_store  # noqa: E402
 from clients.sim.scenarios import make_scenario  # noqa: E402
 from clients.sim.simulator import Simulator  # noqa: E402
 from benchmarks.machine import machine  # noqa: E402
@@ -32,10 +32,26 @@ from reach.models import get_model  # noqa: E402
 
 
 
+_LOADED: dict = {}
+
+
+def _value_functions(model, store) -> dict:
+    """The model's cooperative and worst-case value functions, loaded once per process: every layered runner
+    of a table reads the same arrays, as the one filter of a training process would (separate copies of the
+    grids would evict each other from the caches between the interleaved steps)."""
+    if model.name not in _LOADED:
+        from clients import ValueFunction
+
+        st = open_store(store)
+        _LOADED[model.name] = {g: ValueFunction.load(st, f"{model.name}/{g}") for g in ("cooperative", "worst_case")}
+    return _LOADED[model.name]
+
+
 def _make(fname, model, store, d):
-    if fname == "layered_coop":  # the same filter without the Prop. 1 diagnostics (cooperative grid only)
-        return make_filter("layered", model, store=store, safety_distance=d, prop1=False)
-    return make_filter(fname, model, store=store, safety_distance=d)
+    if fname not in ("layered", "layered_coop"):
+        return make_filter(fname, model, store=store, safety_distance=d)
+    # layered_coop: the same filter without the Prop. 1 diagnostics (cooperative grid only)
+    return make_filter("layered", model, safety_distance=d, prop1=fname == "layered", **_value_functions(model, store))
 
 
 def _interleaved(steppers: dict, steps: int) -> dict[str, list[float]]:

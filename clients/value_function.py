@@ -50,18 +50,6 @@ class ValueFunction:
         self.safety_distance = None if sd is None else float(sd)
         self.gamma = float(attrs.get("gamma") or 0.0)
         self._conflict_d, self._conflict_r = conflict_table
-        # Lipschitz constant per dim of the multilinear interpolant (max |dV| / dx over grid edges, the
-        # periodic wrap edge included): |V(s') - V(s)| <= sum_i L_i |s'_i - s_i| (used by the filter).
-        v = np.asarray(value, dtype=np.float64)
-        lip = np.empty(self.n)
-        for d in range(self.n):
-            diffs = np.abs(np.diff(v, axis=d))
-            m = float(np.max(diffs)) if diffs.size else 0.0
-            if per[d]:
-                wrap = np.abs(np.take(v, [0], axis=d) - np.take(v, [-1], axis=d))
-                m = max(m, float(np.max(wrap)))
-            lip[d] = m * inv_dx[d]
-        self.lipschitz = lip
 
     # ------------------------------------------------------------------ construction
     @classmethod

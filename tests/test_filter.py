@@ -531,3 +531,50 @@ def test_neighbor_lists_match_brute_force():
         pa, pb = close_pairs(pos, r)
         assert pa.size == indices.size // 2
         assert np.all(pa != pb)
+
+
+@pytest.mark.parametrize("name", ["quadrotor", "air_taxi"])
+def test_local_rate_table_bounds_the_barrier_over_one_period(vfs, name):
+    """|B(s(tau)) - B(s0)| <= Lambda[cell of s0] tau for random pairs inside the grid and random box controls
+    held over tau <= dt (the bound that lets the filter skip a sampled-data check), and Lambda never exceeds the
+    global bound (quadrotor: well below it in most cells)."""
+    from clients.filter import _table_cell, local_rate_table, norm_deficit_table
+    from reach.models import get_model
+
+    model = get_model(name)
+    vf = vfs[name]["cooperative"]
+    dt = model.decision_period
+    table = local_rate_table(vf, model, dt)
+    _, strides = norm_deficit_table(vf)
+    packed, lo, inv_dx, npts, per, _ = vf.kernel_args()
+    v = np.asarray(packed[:, 0], dtype=np.float64).reshape(vf.shape)
+    lip = np.array([max(np.max(np.abs(np.diff(v, axis=i))),
+                        np.max(np.abs(np.take(v, [0], axis=i) - np.take(v, [-1], axis=i))) if per[i] else 0.0)
+                    * inv_dx[i] for i in range(vf.n)])
+    lip[:2] = np.maximum(lip[:2], 1.0)
+    global_rate = float(np.sum(lip * model.dissipation_bounds(vf.lo, vf.hi.copy())))
+    assert np.all(table <= global_rate + 1e-9)
+    if name == "quadrotor":     # (the air taxi's position rates, omega x the extent, are large everywhere)
+        assert np.median(table) < 0.9 * global_rate
+    rng = np.random.default_rng(7)
+    flt = LayeredSafetyFilter(model, cooperative=vf)
+    x = _sample_pairs(model, vf, flt, 2000, rng, spread=0.0).reshape(-1, 2, model.n_agent_states)
+    a, b = np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(x[:, 1])
+    s0 = model.relative_state(a, b)
+    d = flt.safety_distance
+
+    def barrier(s):       # B = min(V, ||p||) - d inside the grid (the filter's bound is for pairs inside it)
+        return np.minimum(vf.value(s, d), np.hypot(s[:, 0], s[:, 1]) - d)
+
+    cells = np.array([_table_cell(s0, p, vf.n, lo, inv_dx, npts, per, strides)[0] for p in range(s0.shape[0])])
+    lam = table[cells]
+    b0 = barrier(s0)
+    ua = rng.uniform(model.control_lo, model.control_hi, (a.shape[0], model.n_controls))
+    ub = rng.uniform(model.control_lo, model.control_hi, (a.shape[0], model.n_controls))
+    corner = rng.random(a.shape[0]) < 0.5      # half of them bang-bang
+    ua[corner] = np.where(ua[corner] > 0, model.control_hi, model.control_lo)
+    for tau in (0.25 * dt, 0.5 * dt, dt):
+        s1 = model.relative_state(model.step_agents(a, ua, tau), model.step_agents(b, ub, tau))
+        inside = vf.in_domain(s0) & vf.in_domain(s1)
+        assert inside.mean() > 0.8
+        assert np.all(np.abs(barrier(s1) - b0)[inside] <= lam[inside] * tau + 1e-6)
