@@ -75,7 +75,10 @@ coordinates (`norm_deficit_table`: max of ||p_node|| - V0_node over the cell's n
 reproduce p and the norm is convex, so V_interp(s) >= ||p|| - C exactly): the skipped lookups cannot change any
 result. Skipped lookups still check the non-position bounds, so invalid states raise as before. The pair terms,
 the predictions of the sampled-data check and the vertex search are batched (a few allocations per call, not per
-agent); the interpolation kernels run without reference counting (`_nrt=False`).
+agent); the interpolation kernels run without reference counting (`_nrt=False`). Value-only lookups (prioritization,
+Prop. 1, the check) read a value-only copy of the grid (`ValueFunction.value_kernel_args`), the gradient lookup the
+packed one. The vertex search tries its candidates in cost order and stops at the first that passes (the cheapest).
+The kernels write into arrays the caller allocates, and `FilterResult` fields are views of them.
 """
 
 from __future__ import annotations
