@@ -75,9 +75,9 @@ coordinates (`norm_deficit_table`: max of ||p_node|| - V0_node over the cell's n
 reproduce p and the norm is convex, so V_interp(s) >= ||p|| - C exactly): the skipped lookups cannot change any
 result. Skipped lookups still check the non-position bounds, so invalid states raise as before. The pair terms,
 the predictions of the sampled-data check and the vertex search are batched (a few allocations per call, not per
-agent); the interpolation kernels run without reference counting (`_nrt=False`). Value-only lookups (prioritization,
-Prop. 1, the check) read a value-only copy of the grid (`ValueFunction.value_kernel_args`), the gradient lookup the
-packed one. The vertex search tries its candidates in cost order and stops at the first that passes (the cheapest).
+agent); the interpolation kernels run without reference counting (`_nrt=False`). Every lookup of a pair reads the
+same packed grid rows (a value-only copy for the value lookups was slower: the pair's gradient lookup then missed
+the cache lines its value lookup had loaded). The vertex search tries its candidates in cost order and stops at the first that passes (the cheapest).
 The kernels write into arrays the caller allocates, and `FilterResult` fields are views of them.
 """
 
@@ -338,13 +338,13 @@ _GRID_FIELDS = (("p", float32[:, ::1]), ("lo", float64[::1]), ("inv", float64[::
              ("n_checks", int64), ("max_iter", int64), ("ltab", float64[::1]), ("lam_max", float64),
              ("vertex_search", boolean),
              ("mtab", float64[::1]), ("mtst", int64[::1]), ("wtab", float64[::1]), ("wtst", int64[::1]),
-             ("wmax", float64), ("w_same", boolean), ("gv", float32[:, ::1])])
+             ("wmax", float64), ("w_same", boolean)])
 class _Config:
     """Everything a filter call needs besides the agents: one argument instead of ~40, since numba's dispatcher
     costs ~0.1-0.2 us per argument (a third of a single-agent call). Built by `LayeredSafetyFilter._config`."""
 
     def __init__(self, cooperative, g, w, c, shift, d, has_w, shift_w, has_c, shift_c, rc, obs_range, gamma, dt,
-                 n_checks, max_iter, ltab, lam_max, vertex_search, mtab, mtst, wtab, wtst, wmax, w_same, gv):
+                 n_checks, max_iter, ltab, lam_max, vertex_search, mtab, mtst, wtab, wtst, wmax, w_same):
         self.cooperative = cooperative
         self.gp, self.glo, self.ginv, self.gn, self.gper, self.gstr = g
         self.wp, self.wlo, self.winv, self.wn, self.wper, self.wstr = w
@@ -370,7 +370,6 @@ class _Config:
         self.wtst = wtst
         self.wmax = wmax
         self.w_same = w_same
-        self.gv = gv
 
 
 def _build_kernels(model):
@@ -494,7 +493,7 @@ def _build_kernels(model):
     @njit(nogil=True)
     def core(states, nominal, known, ids, targets, indptr, indices, cooperative, grid, shift, d, has_w, grid_w,
              shift_w, has_c, grid_c, shift_c, rc, resp, resp_uniform, gamma, dt, n_checks, max_iter, ltab, lam_max,
-             vertex_search, mtab, mtst, wtab, wtst, wmax, w_same, gv, u_out, fo, io, bo):
+             vertex_search, mtab, mtst, wtab, wtst, wmax, w_same, u_out, fo, io, bo):
         """Fills the caller's arrays (see `FilterResult`; an array a kernel returns to Python costs ~1 us of
         boxing, and rows of these are contiguous fields): u_out (T, m) the actions, fo (2, T) pair value and
         margin, io (3, T) partner, status and n in R_c, bo (2, T) conflict-free and changed. Returns the error
@@ -516,7 +515,6 @@ def _build_kernels(model):
         partner[:] = -1
         err = np.full(3, -1, dtype=np.int64)   # (code, agent, neighbour / column) of the first bad input
         gp, glo, ginv, gn, gper, gstr = grid
-        grid_v = (gv, glo, ginv, gn, gper, gstr)     # the values alone, for the value-only lookups
         wp, wlo, winv, wn, wper, wstr = grid_w
         cp, clo, cinv, cn, cper, cstr = grid_c
         g = np.empty(n)
@@ -596,7 +594,7 @@ def _build_kernels(model):
                 j = nb[p]
                 if lbm[p] > best:      # B_j >= lbm > best: cannot be the minimum
                     continue
-                v, st = barrier(gv, glo, ginv, gn, gper, gstr, S, p, shift, d, False, g, isc, wsc)
+                v, st = barrier(gp, glo, ginv, gn, gper, gstr, S, p, shift, d, False, g, isc, wsc)
                 if st > OUTSIDE:
                     err[0] = st
                     err[1] = i
@@ -749,7 +747,7 @@ def _build_kernels(model):
                 for r in range(na):
                     for z in range(mm):
                         rows_u[r, z] = U[act[r], z]
-                eval_rows(grid_v, shift, d, XA, XB, Bq, blo, bhi, act, rows_u, na, cooperative, gamma, dt, n_checks,
+                eval_rows(grid, shift, d, XA, XB, Bq, blo, bhi, act, rows_u, na, cooperative, gamma, dt, n_checks,
                           lam,
                           -math.inf, slack, deficit, isc, wsc, g)
                 nn = 0
@@ -827,7 +825,7 @@ def _build_kernels(model):
                     size = 3
                     while c0 < n_comb and pick < 0:
                         c1 = min(c0 + size, n_comb)
-                        eval_rows(grid_v, shift, d, XA, XB, Bq, blo, bhi, rows_p[c0:c1], cand_s[c0:c1], c1 - c0,
+                        eval_rows(grid, shift, d, XA, XB, Bq, blo, bhi, rows_p[c0:c1], cand_s[c0:c1], c1 - c0,
                                   cooperative, gamma, dt, n_checks, lam, best_slack[q], vs[c0:c1], vd[c0:c1],
                                   isc, wsc, g)
                         for c in range(c0, c1):
@@ -938,7 +936,7 @@ def _build_kernels(model):
                     (cfg.wp, cfg.wlo, cfg.winv, cfg.wn, cfg.wper, cfg.wstr), cfg.shift_w, cfg.has_c,
                     (cfg.cp, cfg.clo, cfg.cinv, cfg.cn, cfg.cper, cfg.cstr), cfg.shift_c, cfg.rc, resp, resp_uniform,
                     cfg.gamma, cfg.dt, cfg.n_checks, cfg.max_iter, cfg.ltab, cfg.lam_max, cfg.vertex_search, cfg.mtab,
-                    cfg.mtst, cfg.wtab, cfg.wtst, cfg.wmax, cfg.w_same, cfg.gv, u_out, fo, io, bo)
+                    cfg.mtst, cfg.wtab, cfg.wtst, cfg.wmax, cfg.w_same, u_out, fo, io, bo)
 
     @njit(nogil=True)
     def filter_agent(ego, ego_nom, others, others_nom, has_nom, ego_id, nb_ids, has_ids, resp, resp_uniform, cfg,
@@ -1197,13 +1195,12 @@ class LayeredSafetyFilter:
         # the worst-case grid's bounds need no check of their own when they hold the mode's grid's
         w_same = has_w and bool(np.all((w.lo[2:] <= vf.lo[2:]) & (w.hi[2:] >= vf.hi[2:])
                                        | w.kernel_args()[4][2:]))
-        gv = vf.value_kernel_args()     # the Prop. 1 grids are only read for values
-        self._cfg = _Config(self.mode == "cooperative", g, w.value_kernel_args() if has_w else gv,
-                            c.value_kernel_args() if has_c else gv, float(shift), float(self.safety_distance), has_w,
+        self._cfg = _Config(self.mode == "cooperative", g, w.kernel_args() if has_w else g,
+                            c.kernel_args() if has_c else g, float(shift), float(self.safety_distance), has_w,
                             float(sw), has_c, float(sc), float(self.conflict_range), float(self.observation_range),
                             float(self.gamma_cbf), float(self.decision_period), int(self.n_checks),
                             int(self.max_iter), ltab, float(np.max(ltab)), bool(self.vertex_search), ctab, cstr,
-                            wtab, wstr, float(np.max(wtab)), w_same, gv[0])
+                            wtab, wstr, float(np.max(wtab)), w_same)
         self._config_key = key
         self._diagnostics = has_w and has_c     # Prop. 1 (a Python bool: reading the jitclass costs ~0.5 us)
         return self._cfg

@@ -44,7 +44,6 @@ class ValueFunction:
         self.shape = tuple(int(k) for k in npts)
         self.spacing = 1.0 / inv_dx
         self._packed = interp.pack_grid(value, gradient)
-        self._values = None
         self._geom = (lo, inv_dx, npts, per, strides)
         sd = attrs.get("safety_distance")
         self.safety_distance = None if sd is None else float(sd)
@@ -217,10 +216,3 @@ class ValueFunction:
         """(packed, lo, inv_dx, npts, periodic, strides): the arrays `clients.interp.interp_point` takes."""
         return (self._packed,) + self._geom
 
-    def value_kernel_args(self) -> tuple[Any, ...]:
-        """`kernel_args` with the values alone, float32 (n_nodes, 1) (made on first use): the same kernels read
-        it when asked for no gradient, and its fifth (4-D) of the memory stays in cache where the filter's many
-        value-only lookups need it."""
-        if self._values is None:
-            self._values = np.ascontiguousarray(self._packed[:, :1])
-        return (self._values,) + self._geom
