@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from clients import LayeredSafetyFilter, ValueFunction  # noqa: E402
 from clients import interp  # noqa: E402
+from clients.filter import STATUS_NAMES  # noqa: E402
 from benchmarks.machine import machine  # noqa: E402
 from reach.models import get_model  # noqa: E402
 
@@ -245,7 +246,7 @@ def main(argv=None) -> int:
         print(f"single agent, 10 neighbours, {label}: p50 {single['p50_us']:.1f} us, p99 {single['p99_us']:.1f} us "
               f"(runs {', '.join(f'{v:.1f}' for v in single['p99_runs_us'])}); reference p50 "
               f"{single['ref_p50_us']:.0f} us: x{single['ref_p50_us'] / single['p50_us']:.0f}")
-    names = ["no_partner", "nominal_safe", "corrected", "most_safe", "best_effort", "searched"]
+    names = [STATUS_NAMES[k] for k in range(len(STATUS_NAMES))]
 
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     ok = lambda good: "met" if good else "NOT met"  # noqa: E731

@@ -23,14 +23,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clients.sim.baselines import make_filter, open_store  # noqa: E402
+from clients.sim.baselines import make_filter  # noqa: E402
+from clients.sim.cli import load_layered_inputs  # noqa: E402
 from clients.sim.scenarios import make_scenario  # noqa: E402
 from clients.sim.simulator import Simulator  # noqa: E402
 from benchmarks.machine import machine  # noqa: E402
 from reach.models import get_model  # noqa: E402
-
-
-
 
 _LOADED: dict = {}
 
@@ -40,10 +38,8 @@ def _value_functions(model, store) -> dict:
     of a table reads the same arrays, as the one filter of a training process would (separate copies of the
     grids would evict each other from the caches between the interleaved steps)."""
     if model.name not in _LOADED:
-        from clients import ValueFunction
-
-        st = open_store(store)
-        _LOADED[model.name] = {g: ValueFunction.load(st, f"{model.name}/{g}") for g in ("cooperative", "worst_case")}
+        coop, worst, _ = load_layered_inputs(model.name, store)
+        _LOADED[model.name] = {"cooperative": coop, "worst_case": worst}
     return _LOADED[model.name]
 
 

@@ -77,8 +77,9 @@ result. Skipped lookups still check the non-position bounds, so invalid states r
 the predictions of the sampled-data check and the vertex search are batched (a few allocations per call, not per
 agent); the interpolation kernels run without reference counting (`_nrt=False`). Every lookup of a pair reads the
 same packed grid rows (a value-only copy for the value lookups was slower: the pair's gradient lookup then missed
-the cache lines its value lookup had loaded). The vertex search tries its candidates in cost order and stops at the first that passes (the cheapest).
-The kernels write into arrays the caller allocates, and `FilterResult` fields are views of them.
+the cache lines its value lookup had loaded). The vertex search tries its candidates in cost order and stops at
+the first that passes (the cheapest). The kernels write into arrays the caller allocates, and `FilterResult`
+fields are views of them.
 """
 
 from __future__ import annotations

@@ -143,8 +143,8 @@ def _count_kernel(pos, d, rc, want_nearest):
     """Per agent: another agent closer than d (near), the number of others inside R_c (n_rc), the conflict flag
     (n_rc > 1), the nearest-neighbour distance (from the cell list within max(d, R_c); with want_nearest also all
     pairs for the agents with no neighbour in that range, so exact for every agent; else inf for those; inf for a
-    single agent), and the numbers of near-collision and conflict agents. ok = False when a position is not finite (nothing else is then
-    computed)."""
+    single agent), and the numbers of near-collision and conflict agents. ok = False when a position is not finite
+    (nothing else is then computed)."""
     n = pos.shape[0]
     near = np.zeros(n, dtype=np.bool_)
     n_rc = np.zeros(n, dtype=np.int64)
@@ -205,14 +205,7 @@ class SafetyCounters:
 
     def update(self, positions) -> tuple[np.ndarray, np.ndarray]:
         """Count one step of all agents' positions (N, 2); returns (near (N,) bool, n_in_rc (N,) int)."""
-        pos = np.ascontiguousarray(np.asarray(positions, dtype=np.float64))
-        if pos.ndim != 2 or pos.shape[1] != 2 or not np.all(np.isfinite(pos)):
-            raise ValueError("positions must be finite with shape (N, 2)")
-        near, n_rc, _, _, n_near, n_conflict, _ = _count_kernel(pos, self.safety_distance, self.conflict_range,
-                                                                 False)
-        self.samples += pos.shape[0]
-        self.near_collisions += n_near
-        self.conflicts += n_conflict
+        near, n_rc = self._count(positions, False)[:2]
         return near, n_rc
 
     def update_with_nearest(self, positions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
@@ -220,11 +213,14 @@ class SafetyCounters:
         trainer wrappers report as the minimum separation), the conflict flags n_in_rc > 1 and this step's numbers
         of near-collision and conflict agents: (near, n_in_rc, nearest, conflict, n_near, n_conflict). Counts
         exactly like `update`."""
+        return self._count(positions, True)
+
+    def _count(self, positions, want_nearest: bool):
         pos = np.asarray(positions, dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise ValueError("positions must be finite with shape (N, 2)")
         near, n_rc, nearest, conflict, n_near, n_conflict, ok = _count_kernel(
-            np.ascontiguousarray(pos), self.safety_distance, self.conflict_range, True)
+            np.ascontiguousarray(pos), self.safety_distance, self.conflict_range, want_nearest)
         if not ok:
             raise ValueError("positions must be finite with shape (N, 2)")
         self.samples += pos.shape[0]

@@ -215,4 +215,3 @@ class ValueFunction:
     def kernel_args(self) -> tuple[Any, ...]:
         """(packed, lo, inv_dx, npts, periodic, strides): the arrays `clients.interp.interp_point` takes."""
         return (self._packed,) + self._geom
-

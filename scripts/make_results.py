@@ -226,14 +226,15 @@ def main(argv=None) -> int:
     sweeps = {name: margin_sweep(name, (1, 2, 3), args.episodes, args.seed, args.store)
               for name in args.margin_sweep if "layered" in args.filters}
     forensics = {}
+    dense = None    # the intersection's dense stress variant: (table rows, forensics lines)
     for name in args.forensics if "layered" in args.filters else []:
         forensics[name] = forensics_lines(name, args.episodes, args.seed, args.store)
         if name == "intersection":
             dense_rows, _res, _notes = run_scenario(name, [f for f in ("none", "layered") if f in args.filters],
                                                     episodes=args.episodes, seed=args.seed, store=args.store,
                                                     scenario_kwargs=DENSE_INTERSECTION, record=False)
-            forensics["intersection (dense)"] = (dense_rows, forensics_lines(name, args.episodes, args.seed, args.store,
-                                                                             DENSE_INTERSECTION, skip_check=True))
+            dense = (dense_rows, forensics_lines(name, args.episodes, args.seed, args.store, DENSE_INTERSECTION,
+                                                 skip_check=True))
     elapsed = time.time() - t_start
 
     from benchmarks.machine import machine  # same machine description as the benchmarks
@@ -269,11 +270,9 @@ def main(argv=None) -> int:
                   "`python scripts/diagnose_near_collisions.py intersection`). The *crossing* is the last decision "
                   "step at which the pair's barrier B = min(V_coop - d - value margin, ||p|| - d) was still >= 0.", ""]
         for name, item in forensics.items():
-            if name == "intersection (dense)":
-                continue
             lines += [f"### {name}", ""] + item + [""]
-        if "intersection (dense)" in forensics:
-            dense_rows, dense_lines = forensics["intersection (dense)"]
+        if dense is not None:
+            dense_rows, dense_lines = dense
             lines += ["### Denser intersection (stress variant)", "",
                       DENSE_INTERSECTION_TEXT, "",
                       markdown_table(dense_rows)] + dense_lines + [""]

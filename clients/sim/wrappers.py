@@ -369,9 +369,9 @@ class NavigationEnv(gym.Env):
 
     # the StateAdapter methods, so that vector envs can reach them through VectorEnv.call
     def safety_states(self):
-        """(indices, states) of the agents in the airspace (a copy; `Simulator.active` in one kernel)."""
-        sim = self.core.sim
-        return _airspace_states(sim.scenario.departure_times, float(sim.t), sim.removed, sim.states)
+        """(indices, states) of the agents in the airspace (a copy)."""
+        idx = self.core.airspace()
+        return idx, self.core.sim.states[idx]
 
 
 def make_navigation_vector_env(num_envs: int = 2, scenario: str = "random", seed: int = 0, **kwargs):
@@ -432,24 +432,6 @@ class NavigationAdapter:
         out = np.array(actions, dtype=np.float32, copy=True)
         out[np.asarray(ids, int)] = acts
         return out
-
-
-@njit(cache=True, nogil=True)
-def _airspace_states(departure_times, t, removed, states):
-    """indices of the agents with departure_time <= t + 1e-9 and not removed (`Simulator.active`), and a copy of
-    their states."""
-    n = states.shape[0]
-    idx = np.empty(n, dtype=np.int64)
-    cnt = 0
-    for i in range(n):
-        if departure_times[i] <= t + 1e-9 and not removed[i]:
-            idx[cnt] = i
-            cnt += 1
-    out = np.empty((cnt, states.shape[1]))
-    for r in range(cnt):
-        for z in range(states.shape[1]):
-            out[r, z] = states[idx[r], z]
-    return idx[:cnt].copy(), out
 
 
 def _joint_rows(actions, ids, m):
