@@ -940,12 +940,16 @@ def _build_kernels(model):
                     cfg.mtst, cfg.wtab, cfg.wtst, cfg.wmax, cfg.w_same, u_out, fo, io, bo)
 
     @njit(nogil=True)
-    def filter_agent(ego, ego_nom, others, others_nom, has_nom, ego_id, nb_ids, has_ids, resp, resp_uniform, cfg,
-                     u_out, fo, io, bo):
+    def filter_agent(ego, ego_nom, others, others_nom, nb_ids, ego_id, resp, cfg, u_out, fo, io, bo):
         """Agent 0 (the ego) against the neighbour rows 1..K within the observation range, for the controller
         loop: fills the caller's arrays for one agent (as in `core`; partner as a neighbour row) and returns the
-        error triple (code, row, column), code -1 if none."""
+        error triple (code, row, column), code -1 if none. The neighbours' nominal actions are known when
+        others_nom has rows, ids are given when nb_ids has rows, and resp of one entry means equal weights (flags
+        from the shapes: each argument of the dispatcher costs ~0.1-0.2 us)."""
         K = others.shape[0]
+        has_nom = others_nom.shape[0] > 0
+        has_ids = nb_ids.shape[0] > 0
+        resp_uniform = resp.shape[0] == 1
         states = np.empty((K + 1, k_dim))
         nominal = np.zeros((K + 1, m))
         known = np.zeros(K + 1, dtype=np.bool_)
@@ -1131,8 +1135,7 @@ class LayeredSafetyFilter:
         self.vertex_search = bool(vertex_search)
         self.n_checks = int(n_checks)
         self.max_iter = int(max_iter)
-        self.responsibility = responsibility
-        self._check_responsibility(responsibility, None)
+        self.responsibility = responsibility            # checked by __setattr__
         if conflict_range is None:
             conflict_range = math.nan
             for vf in (worst_case, cooperative):
@@ -1142,7 +1145,7 @@ class LayeredSafetyFilter:
                     break
         self.conflict_range = float(conflict_range)
         self._filter_all, self._filter_agent = _kernels_for(self.model)
-        self._config_key = None
+        self._k, self._m = self.model.n_agent_states, self.model.n_controls
         self._cfg = None
 
     # ------------------------------------------------------------------ helpers
@@ -1165,22 +1168,28 @@ class LayeredSafetyFilter:
 
     def _resp(self, n):
         """(weights array, uniform flag) for n agents."""
-        r = self.responsibility
-        if isinstance(r, (int, float)) and not isinstance(r, bool):
-            if not (math.isfinite(r) and r > 0):
-                raise ValueError(f"responsibility must be > 0, got {r}")
+        if self._resp_scalar:
             return self._ONE, True
-        arr = self._check_responsibility(r, n)
-        if np.ndim(r) == 0:
-            return self._ONE, True
-        return arr, False
+        return self._check_responsibility(self.responsibility, n), False
+
+    # the settings `_config` reads: assigning one drops the cached config (checking them at every call cost ~0.4 us)
+    _CONFIG_ATTRS = frozenset({"safety_distance", "value_margin", "mode", "gamma_cbf", "decision_period",
+                               "observation_range", "n_checks", "max_iter", "vertex_search", "conflict_range", "vf",
+                               "worst_case_vf", "cooperative_vf"})
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        if name in self._CONFIG_ATTRS:
+            object.__setattr__(self, "_cfg", None)
+        elif name == "responsibility":      # a scalar is checked here once; an array at every call (N must match)
+            scalar = np.ndim(value) == 0
+            if scalar:
+                self._check_responsibility(value, None)
+            object.__setattr__(self, "_resp_scalar", scalar)
 
     def _config(self) -> _Config:
-        """The kernels' `_Config` (cached; rebuilt when a setting it depends on changes)."""
-        key = (self.safety_distance, self.value_margin, self.mode, self.gamma_cbf, self.decision_period,
-               self.observation_range, self.n_checks, self.max_iter, self.vertex_search, self.conflict_range,
-               id(self.vf), id(self.worst_case_vf), id(self.cooperative_vf))
-        if key == self._config_key:
+        """The kernels' `_Config` (cached; rebuilt after a setting it depends on was assigned)."""
+        if self._cfg is not None:
             return self._cfg
         vf = self.vf
         g = vf.kernel_args()
@@ -1196,15 +1205,15 @@ class LayeredSafetyFilter:
         # the worst-case grid's bounds need no check of their own when they hold the mode's grid's
         w_same = has_w and bool(np.all((w.lo[2:] <= vf.lo[2:]) & (w.hi[2:] >= vf.hi[2:])
                                        | w.kernel_args()[4][2:]))
-        self._cfg = _Config(self.mode == "cooperative", g, w.kernel_args() if has_w else g,
+        cfg = _Config(self.mode == "cooperative", g, w.kernel_args() if has_w else g,
                             c.kernel_args() if has_c else g, float(shift), float(self.safety_distance), has_w,
                             float(sw), has_c, float(sc), float(self.conflict_range), float(self.observation_range),
                             float(self.gamma_cbf), float(self.decision_period), int(self.n_checks),
                             int(self.max_iter), ltab, float(np.max(ltab)), bool(self.vertex_search), ctab, cstr,
                             wtab, wstr, float(np.max(wtab)), w_same)
-        self._config_key = key
         self._diagnostics = has_w and has_c     # Prop. 1 (a Python bool: reading the jitclass costs ~0.5 us)
-        return self._cfg
+        self._cfg = cfg
+        return cfg
 
     @staticmethod
     def _agent_array(x, width, name, n=None):
@@ -1247,44 +1256,58 @@ class LayeredSafetyFilter:
                 np.empty((2, n), dtype=np.bool_))
 
     def filter_agent(self, ego_state, ego_nominal, neighbor_states, neighbor_nominal=None, ego_id: int = 0,
-                     neighbor_ids=None) -> FilterResult:
+                     neighbor_ids=None, out: FilterResult | None = None) -> FilterResult:
         """One agent from a controller loop: ego_state (k,), ego_nominal (m,), neighbor_states (K, k).
 
         neighbor_nominal (K, m) when known; otherwise the neighbours are assumed to hold zero control (see the
         module docstring). ego_id / neighbor_ids (both, or neither) order the cooperative pair problem (the
         smaller id is agent a); by default the ego is 0 and the neighbours 1..K. Returns a FilterResult of one
         row (partner indexes the neighbour rows; collision_pairs is empty: mutual choice needs the neighbours'
-        own choices). Input rows are numbered ego = 0, neighbours 1..K in error messages.
+        own choices). out: a FilterResult of an earlier `filter_agent` call of this filter to write into and
+        return instead of a new one (a loop that keeps no old results saves its allocation, ~1.5 us; the old
+        values are overwritten). Input rows are numbered ego = 0, neighbours 1..K in error messages.
         """
-        k, m = self.model.n_agent_states, self.model.n_controls
-        ego = np.asarray(ego_state, dtype=np.float64)
-        others = np.asarray(neighbor_states, dtype=np.float64)
-        if others.ndim != 2:
-            others = others.reshape(-1, k) if others.size == 0 else others
+        k, m = self._k, self._m
+        ego, others, en = _f64(ego_state), _f64(neighbor_states), _f64(ego_nominal)
+        if others.ndim != 2 and others.size == 0:
+            others = others.reshape(0, k)
         if ego.shape != (k,) or others.ndim != 2 or others.shape[1] != k:
             raise StateError(f"ego_state must have shape ({k},) and neighbor_states (K, {k}); got "
                              f"{np.shape(ego_state)} and {np.shape(neighbor_states)}")
         kk = others.shape[0]
-        en = np.asarray(ego_nominal, dtype=np.float64)
-        if en.size != m:
-            raise StateError(f"ego_nominal must have shape ({m},), got {np.shape(ego_nominal)}")
+        if en.shape != (m,):
+            if en.size != m:
+                raise StateError(f"ego_nominal must have shape ({m},), got {np.shape(ego_nominal)}")
+            en = en.reshape(m)
         if neighbor_nominal is None:
-            nn, has_nom = self._NO_NOMINAL, False
+            nn = self._NO_NOMINAL
         else:
-            nn = np.asarray(neighbor_nominal, dtype=np.float64)
+            nn = _f64(neighbor_nominal)
             if nn.shape != (kk, m):
                 if nn.size != kk * m:
                     raise StateError(f"neighbor_nominal must have shape ({kk}, {m}), got {np.shape(neighbor_nominal)}")
                 nn = nn.reshape(kk, m)
-            has_nom = True
-        if neighbor_ids is None:
-            nid, has_ids = self._NO_IDS, False
+        nid = self._NO_IDS if neighbor_ids is None else np.asarray(neighbor_ids, dtype=np.int64).reshape(kk)
+        resp = self._ONE if self._resp_scalar else self._resp(kk + 1)[0]
+        cfg = self._config()
+        if out is None:
+            out = FilterResult(*self._outputs(1), _NO_PAIRS, self._diagnostics)
+        elif not (isinstance(out, FilterResult) and out.actions.shape == (1, m) and out._fo.shape == (2, 1)):
+            raise ValueError("out must be the FilterResult of an earlier filter_agent call of this filter")
         else:
-            nid, has_ids = np.asarray(neighbor_ids, dtype=np.int64).reshape(kk), True
-        resp, uniform = self._resp(kk + 1)
-        out = self._outputs(1)
-        err = self._filter_agent(ego, en.reshape(m), others, nn, has_nom, int(ego_id), nid, has_ids, resp, uniform,
-                                 self._config(), *out)
+            out._diagnostics = self._diagnostics
+        err = self._filter_agent(ego, en, others, nn, nid, int(ego_id), resp, cfg, out.actions, out._fo, out._io,
+                                 out._bo)
         if err[0] != -1:
             self._raise(err, nominal_name="nominal (ego 0, neighbours 1..K)")
-        return FilterResult(*out, _NO_PAIRS, self._diagnostics)
+        return out
+
+
+_F64 = np.dtype(np.float64)
+
+
+def _f64(x) -> np.ndarray:
+    """x as a C-contiguous float64 array (no call when it is one already: the controller loop's common case)."""
+    if type(x) is np.ndarray and x.dtype is _F64 and x.flags.c_contiguous:
+        return x
+    return np.ascontiguousarray(x, dtype=np.float64)

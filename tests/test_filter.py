@@ -439,6 +439,34 @@ def test_filter_agent_matches_filter(vfs):
     assert one.changed[0]
 
 
+def test_filter_agent_out_rewrites_one_result_and_settings_take_effect(vfs):
+    """out= returns the given result with the values of a fresh call; a setting assigned between calls (the
+    config is cached) takes effect at the next call; bad out / responsibility are refused."""
+    coop, worst = vfs["quadrotor"]["cooperative"], vfs["quadrotor"]["worst_case"]
+    flt = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst, safety_distance=0.5)
+    rng = np.random.default_rng(5)
+    x, u = _dense_scene(rng, n=60, side=8.0)
+    kept = flt.filter_agent(x[0], u[0], x[1:], u[1:])
+    fields = ("actions", "partner", "pair_value", "changed", "status", "margin", "n_in_conflict_range",
+              "conflict_free")
+    for i in range(0, 60, 3):
+        others = np.delete(np.arange(60), i)
+        fresh = flt.filter_agent(x[i], u[i], x[others], u[others])
+        again = flt.filter_agent(x[i], u[i], x[others], u[others], out=kept)
+        assert again is kept
+        for f in fields:
+            assert np.array_equal(getattr(fresh, f), getattr(again, f)), f
+    with pytest.raises(ValueError, match="out must be"):
+        flt.filter_agent(x[0], u[0], x[1:], out=flt.filter(x, u))
+    # settings are read at the next call: a larger value margin lowers the pair value by the difference
+    before = flt.filter_agent(x[0], u[0], x[1:], u[1:]).pair_value[0]
+    flt.value_margin += 0.25
+    after = flt.filter_agent(x[0], u[0], x[1:], u[1:]).pair_value[0]
+    assert after < before
+    with pytest.raises(ValueError, match="responsibility"):
+        flt.responsibility = -1.0
+
+
 def _head_on(speed=0.9, gap=1.2):
     return np.array([[0.0, 0.0, speed, 0.0], [gap, 0.0, -speed, 0.0]])
 

@@ -356,12 +356,13 @@ class LayeredFilter:
         self.conflict_range = float(self.inner.conflict_range)
 
     def filter(self, states, nominal):
-        res = self.inner.filter(np.asarray(states, float), np.asarray(nominal, float))
-        diag = {k: getattr(res, k) for k in ("partner", "pair_value", "changed", "status", "margin",
-                                             "n_in_conflict_range", "conflict_free")
-                if isinstance(getattr(res, k, None), np.ndarray)}
-        diag["collision_pairs"] = res.collision_pairs
-        return np.asarray(res.actions, float), diag
+        res = self.inner.filter(states, nominal)
+        diag = {"partner": res.partner, "pair_value": res.pair_value, "changed": res.changed, "status": res.status,
+                "margin": res.margin, "n_in_conflict_range": res.n_in_conflict_range,
+                "collision_pairs": res.collision_pairs}
+        if res.conflict_free is not None:
+            diag["conflict_free"] = res.conflict_free
+        return res.actions, diag
 
 
 FILTER_NAMES = ("none", "layered", "ecbf", "braking")
