@@ -1307,7 +1307,7 @@ _F64 = np.dtype(np.float64)
 
 
 def _f64(x) -> np.ndarray:
-    """x as a C-contiguous float64 array (no call when it is one already: the controller loop's common case)."""
-    if type(x) is np.ndarray and x.dtype is _F64 and x.flags.c_contiguous:
+    """x as a float64 array (no call when it is one already: the controller loop's common case)."""
+    if type(x) is np.ndarray and x.dtype is _F64:
         return x
-    return np.ascontiguousarray(x, dtype=np.float64)
+    return np.asarray(x, dtype=np.float64)
