@@ -218,6 +218,9 @@ def bench_single(flt: LayeredSafetyFilter, ref: Reference, cases, repeat=3) -> d
         rts.append(time.perf_counter() - t)
     res = {"ref_p50_us": float(np.median(rts)) * 1e6, "ref_p99_us": float(np.percentile(rts, 99)) * 1e6,
            "status": np.bincount(status, minlength=6)}
+    # per status: the median of each case's fastest call (which kind of call makes the tail)
+    fastest = np.min(runs["out"], axis=0)
+    res["status_median_us"] = {int(k): float(np.median(fastest[status == k])) * 1e6 for k in np.unique(status)}
     for name in calls:
         ts = min(runs[name], key=lambda a: np.percentile(a, 99))
         pre = "" if name == "new" else "out_"
@@ -305,6 +308,12 @@ def main(argv=None) -> int:
                          f"{single[pre + 'max_us']:.1f} | {single['ref_p50_us']:.0f} / {single['ref_p99_us']:.0f} | "
                          f"x{single['ref_p50_us'] / single[pre + 'p50_us']:.0f} | {mix} | "
                          f"{' / '.join(f'{v:.1f}' for v in single[pre + 'p99_runs_us'])} |")
+    lines += ["", "Per status (`out=` calls, median of each case's fastest call): which calls make the tail.", "",
+              "| case set | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, single in singles.items():
+        med = single["status_median_us"]
+        lines.append(f"| {label} | " + " | ".join(f"{med[k]:.1f} us" if k in med else "-" for k in range(len(names)))
+                     + " |")
     rec, rnd = singles.values()
     lines += [
         "", "## Targets", "",
