@@ -1206,11 +1206,11 @@ class LayeredSafetyFilter:
         w_same = has_w and bool(np.all((w.lo[2:] <= vf.lo[2:]) & (w.hi[2:] >= vf.hi[2:])
                                        | w.kernel_args()[4][2:]))
         cfg = _Config(self.mode == "cooperative", g, w.kernel_args() if has_w else g,
-                            c.kernel_args() if has_c else g, float(shift), float(self.safety_distance), has_w,
-                            float(sw), has_c, float(sc), float(self.conflict_range), float(self.observation_range),
-                            float(self.gamma_cbf), float(self.decision_period), int(self.n_checks),
-                            int(self.max_iter), ltab, float(np.max(ltab)), bool(self.vertex_search), ctab, cstr,
-                            wtab, wstr, float(np.max(wtab)), w_same)
+                      c.kernel_args() if has_c else g, float(shift), float(self.safety_distance), has_w, float(sw),
+                      has_c, float(sc), float(self.conflict_range), float(self.observation_range),
+                      float(self.gamma_cbf), float(self.decision_period), int(self.n_checks), int(self.max_iter), ltab,
+                      float(np.max(ltab)), bool(self.vertex_search), ctab, cstr, wtab, wstr, float(np.max(wtab)),
+                      w_same)
         self._diagnostics = has_w and has_c     # Prop. 1 (a Python bool: reading the jitclass costs ~0.5 us)
         self._cfg = cfg
         return cfg
@@ -1265,7 +1265,8 @@ class LayeredSafetyFilter:
         row (partner indexes the neighbour rows; collision_pairs is empty: mutual choice needs the neighbours'
         own choices). out: a FilterResult of an earlier `filter_agent` call of this filter to write into and
         return instead of a new one (a loop that keeps no old results saves its allocation, ~1.5 us; the old
-        values are overwritten). Input rows are numbered ego = 0, neighbours 1..K in error messages.
+        values are overwritten, and after an error its contents are undefined). Input rows are numbered ego = 0,
+        neighbours 1..K in error messages.
         """
         k, m = self._k, self._m
         ego, others, en = _f64(ego_state), _f64(neighbor_states), _f64(ego_nominal)
