@@ -412,8 +412,16 @@ def _build_kernels(model):
         return v, st
 
     @njit(nogil=True)
+    def workspace(L, cooperative, isc, wsc, g):
+        """Scratch of `eval_rows` for up to L rows, allocated once per filter call (a check time of a few rows
+        cost about as much in allocations as in lookups)."""
+        R = 2 * L * (1 if cooperative else n_corner)
+        return (np.empty(L, dtype=np.int64), np.empty(L, dtype=np.int64), np.empty(L), np.empty((R, k_dim)),
+                np.empty((R, m)), isc, wsc, g)
+
+    @njit(nogil=True)
     def eval_rows(grid, shift, d, XA, XB, Bq, blo, bhi, rows_pair, U, L, cooperative, gamma, dt, n_checks, lam,
-                  bound, slack, deficit, isc, wsc, g):
+                  bound, slack, deficit, ws):
         """Sampled-data check of L candidate actions, batched: row r is U[r] (joint, or the ego's) for pair
         rows_pair[r]. Fills slack[r] = min over check times (and opponent corners) of B(tau) - (1 - gamma tau) B
         and deficit[r] = max of ((1 - gamma tau) B - B(tau)) / tau (>= 0). A row whose slack is < 0 and <= bound
@@ -425,9 +433,9 @@ def _build_kernels(model):
         so slack and deficit only change for rows that pass (slack then an upper bound, still >= 0)."""
         gp, glo, ginv, gn, gper, gstr = grid
         C = 1 if cooperative else n_corner
-        live = np.empty(L, dtype=np.int64)     # the rows not settled yet
-        ev = np.empty(L, dtype=np.int64)       # the live rows evaluated at this check time
-        bend = np.empty(L)                     # B at the end of the period (min over the opponent corners)
+        # scratch from `workspace`: the rows not settled yet, the live rows evaluated at this check time, B at the
+        # end of the period (min over the opponent corners), the agents' states and controls of the predictions
+        live, ev, bend, Xw, UUw, isc, wsc, g = ws
         n_live = L
         for r in range(L):
             live[r] = r
@@ -450,8 +458,8 @@ def _build_kernels(model):
             if n_ev == 0:
                 continue
             R = n_ev * C
-            X = np.empty((2 * R, k_dim))
-            UU = np.empty((2 * R, m))
+            X = Xw[:2 * R]
+            UU = UUw[:2 * R]
             for h in range(n_ev):
                 r = ev[h]
                 q = rows_pair[r]
@@ -742,6 +750,10 @@ def _build_kernels(model):
             slack = np.empty(Q)
             deficit = np.empty(Q)
             rows_u = np.empty((Q, mm))
+            n_comb_max = 1          # the vertex search's candidates: at most 3 levels per component
+            for z in range(mm):
+                n_comb_max *= 3
+            ws = workspace(max(na, n_comb_max if vertex_search else 0), cooperative, isc, wsc, g)
             for it in range(max_iter + 1):
                 if na == 0:
                     break
@@ -750,7 +762,7 @@ def _build_kernels(model):
                         rows_u[r, z] = U[act[r], z]
                 eval_rows(grid, shift, d, XA, XB, Bq, blo, bhi, act, rows_u, na, cooperative, gamma, dt, n_checks,
                           lam,
-                          -math.inf, slack, deficit, isc, wsc, g)
+                          -math.inf, slack, deficit, ws)
                 nn = 0
                 for r in range(na):
                     q = act[r]
@@ -773,15 +785,12 @@ def _build_kernels(model):
                 na = nn
             # ---- vertex search for the pairs no linear candidate could make pass
             if nf > 0 and vertex_search:
-                n_comb = 1
-                for z in range(mm):
-                    n_comb *= 3
-                cand = np.empty((n_comb, mm))
-                cand_s = np.empty((n_comb, mm))
-                cost = np.empty(n_comb)
-                rows_p = np.empty(n_comb, dtype=np.int64)
-                vs = np.empty(n_comb)
-                vd = np.empty(n_comb)
+                cand = np.empty((n_comb_max, mm))
+                cand_s = np.empty((n_comb_max, mm))
+                cost = np.empty(n_comb_max)
+                rows_p = np.empty(n_comb_max, dtype=np.int64)
+                vs = np.empty(n_comb_max)
+                vd = np.empty(n_comb_max)
                 levels = np.empty((mm, 3))
                 n_lv = np.empty(mm, dtype=np.int64)
                 for h in range(nf):
@@ -827,8 +836,7 @@ def _build_kernels(model):
                     while c0 < n_comb and pick < 0:
                         c1 = min(c0 + size, n_comb)
                         eval_rows(grid, shift, d, XA, XB, Bq, blo, bhi, rows_p[c0:c1], cand_s[c0:c1], c1 - c0,
-                                  cooperative, gamma, dt, n_checks, lam, best_slack[q], vs[c0:c1], vd[c0:c1],
-                                  isc, wsc, g)
+                                  cooperative, gamma, dt, n_checks, lam, best_slack[q], vs[c0:c1], vd[c0:c1], ws)
                         for c in range(c0, c1):
                             if vs[c] >= 0.0:
                                 pick = c
