@@ -761,8 +761,7 @@ def _build_kernels(model):
                     for z in range(mm):
                         rows_u[r, z] = U[act[r], z]
                 eval_rows(grid, shift, d, XA, XB, Bq, blo, bhi, act, rows_u, na, cooperative, gamma, dt, n_checks,
-                          lam,
-                          -math.inf, slack, deficit, ws)
+                          lam, -math.inf, slack, deficit, ws)
                 nn = 0
                 for r in range(na):
                     q = act[r]
@@ -1260,7 +1259,7 @@ class LayeredSafetyFilter:
 
     def _outputs(self, n):
         """The kernels' output arrays for n agents (`FilterResult`)."""
-        return (np.empty((n, self.model.n_controls)), np.empty((2, n)), np.empty((3, n), dtype=np.int64),
+        return (np.empty((n, self._m)), np.empty((2, n)), np.empty((3, n), dtype=np.int64),
                 np.empty((2, n), dtype=np.bool_))
 
     def filter_agent(self, ego_state, ego_nominal, neighbor_states, neighbor_nominal=None, ego_id: int = 0,
@@ -1297,7 +1296,7 @@ class LayeredSafetyFilter:
                     raise StateError(f"neighbor_nominal must have shape ({kk}, {m}), got {np.shape(neighbor_nominal)}")
                 nn = nn.reshape(kk, m)
         nid = self._NO_IDS if neighbor_ids is None else np.asarray(neighbor_ids, dtype=np.int64).reshape(kk)
-        resp = self._ONE if self._resp_scalar else self._resp(kk + 1)[0]
+        resp = self._resp(kk + 1)[0]
         cfg = self._config()
         if out is None:
             out = FilterResult(*self._outputs(1), _NO_PAIRS, self._diagnostics)
