@@ -606,3 +606,19 @@ def test_local_rate_table_bounds_the_barrier_over_one_period(vfs, name):
         inside = vf.in_domain(s0) & vf.in_domain(s1)
         assert inside.mean() > 0.8
         assert np.all(np.abs(barrier(s1) - b0)[inside] <= lam[inside] * tau + 1e-6)
+    # the stored-gradient table (the pair problem's skip): >= the interpolant's, and it bounds grad B . s' with the
+    # gradient the linear constraint uses (stored gradient, or p / ||p|| on the norm branch), every box control
+    table_g = local_rate_table(vf, model, dt, stored_gradient=True)
+    assert np.all(table_g >= table - 1e-12)
+    lo_a, hi_a = model.agent_control_bounds(a)
+    lo_b, hi_b = model.agent_control_bounds(b)
+    ua, ub = np.clip(ua, lo_a, hi_a), np.clip(ub, lo_b, hi_b)
+    v, grad = vf.value_and_gradient(s0, d)
+    dist = np.hypot(s0[:, 0], s0[:, 1])
+    norm = dist - d < v
+    grad[norm] = 0.0
+    grad[norm, 0], grad[norm, 1] = s0[norm, 0] / dist[norm], s0[norm, 1] / dist[norm]
+    f, ga, gb = model.affine_terms(s0)
+    rate = np.einsum("pi,pi->p", grad, f + np.einsum("pik,pk->pi", ga, ua) + np.einsum("pik,pk->pi", gb, ub))
+    ok = vf.in_domain(s0)
+    assert np.all(np.abs(rate[ok]) <= table_g[cells][ok] + 1e-9)
