@@ -398,7 +398,8 @@ def _build_kernels(model):
     rel = model.kernels.relative_state
     aff = model.kernels.affine_terms
     bnd = model.kernels.agent_control_bounds
-    step = model.kernels.step_agents
+    rel_into = model.kernels.relative_state_into
+    step_into = model.kernels.step_agents_into
     k_dim = model.n_agent_states
     m = model.n_controls
     n = model.n_states
@@ -437,7 +438,8 @@ def _build_kernels(model):
         cost about as much in allocations as in lookups)."""
         R = 2 * L * (1 if cooperative else n_corner)
         rows = np.empty((2, L), dtype=np.int64)
-        return rows[0], rows[1], np.empty(L), np.empty((R, k_dim)), np.empty((R, m)), isc, wsc, g
+        X = np.empty((2, R, k_dim))
+        return rows[0], rows[1], np.empty(L), X[0], np.empty((R, m)), X[1], np.empty((R // 2, n)), isc, wsc, g
 
     @njit(nogil=True)
     def eval_rows(grid, shift, d, XA, XB, Bq, blo, bhi, rows_pair, U, L, cooperative, gamma, dt, n_checks, lam,
@@ -454,8 +456,9 @@ def _build_kernels(model):
         gp, glo, ginv, gn, gper, gstr = grid
         C = 1 if cooperative else n_corner
         # scratch from `workspace`: the rows not settled yet, the live rows evaluated at this check time, B at the
-        # end of the period (min over the opponent corners), the agents' states and controls of the predictions
-        live, ev, bend, Xw, UUw, isc, wsc, g = ws
+        # end of the period (min over the opponent corners), the agents' states and controls of the predictions, the
+        # predicted states and their relative states
+        live, ev, bend, Xw, UUw, Xnw, Snw, isc, wsc, g = ws
         n_live = L
         for r in range(L):
             live[r] = r
@@ -494,8 +497,10 @@ def _build_kernels(model):
                             UU[R + w, z] = U[r, m + z]
                         else:
                             UU[R + w, z] = bhi[q, z] if (cc >> z) & 1 else blo[q, z]
-            Xn = step(X, UU, tau)
-            Sn = rel(Xn[:R], Xn[R:])
+            Xn = Xnw[:2 * R]
+            Sn = Snw[:R]
+            step_into(X, UU, tau, Xn)
+            rel_into(Xn[:R], Xn[R:], Sn)
             for h in range(n_ev):
                 r = ev[h]
                 target_b = (1.0 - gamma * tau) * Bq[rows_pair[r]]
@@ -835,14 +840,17 @@ def _build_kernels(model):
                 na = nn
             # ---- vertex search for the pairs no linear candidate could make pass
             if nf > 0 and vertex_search:
-                cand = np.empty((n_comb_max, mm))
-                cand_s = np.empty((n_comb_max, mm))
-                cost = np.empty(n_comb_max)
-                rows_p = np.empty(n_comb_max, dtype=np.int64)
-                vs = np.empty(n_comb_max)
-                vd = np.empty(n_comb_max)
+                cm = np.empty((2, n_comb_max, mm))
+                cand = cm[0]
+                cand_s = cm[1]
+                c1 = np.empty((3, n_comb_max))
+                cost = c1[0]
+                vs = c1[1]
+                vd = c1[2]
+                ci = np.empty(n_comb_max + mm, dtype=np.int64)
+                rows_p = ci[:n_comb_max]
+                n_lv = ci[n_comb_max:]
                 levels = np.empty((mm, 3))
-                n_lv = np.empty(mm, dtype=np.int64)
                 for h in range(nf):
                     q = fail[h]
                     # the distinct levels of each component, in the order clip(ref), lo, hi (a nominal action at a

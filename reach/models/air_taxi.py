@@ -34,12 +34,10 @@ def wrap_angle(a):
     return (a + math.pi) % (2.0 * math.pi) - math.pi
 
 
-@njit(_F2(_F2, _F2), cache=True)
-def relative_state(ego, other):
-    """(N,4), (N,4) -> (N,5): other's position in ego's body frame, relative heading, both speeds."""
-    n = ego.shape[0]
-    s = np.empty((n, 5))
-    for k in range(n):
+@njit(types.void(_F2, _F2, _F2), cache=True)
+def relative_state_into(ego, other, s):
+    """`relative_state` written into s (N,5)."""
+    for k in range(ego.shape[0]):
         c, sn = math.cos(ego[k, 2]), math.sin(ego[k, 2])
         dx, dy = other[k, 0] - ego[k, 0], other[k, 1] - ego[k, 1]
         s[k, 0] = c * dx + sn * dy
@@ -47,6 +45,13 @@ def relative_state(ego, other):
         s[k, 2] = wrap_angle(other[k, 2] - ego[k, 2])
         s[k, 3] = ego[k, 3]
         s[k, 4] = other[k, 3]
+
+
+@njit(_F2(_F2, _F2), cache=True)
+def relative_state(ego, other):
+    """(N,4), (N,4) -> (N,5): other's position in ego's body frame, relative heading, both speeds."""
+    s = np.empty((ego.shape[0], 5))
+    relative_state_into(ego, other, s)
     return s
 
 
@@ -120,13 +125,10 @@ def _rk4_piece(x, y, th, v, omega, a, t):
     return x, y, th, v
 
 
-@njit(_F2(_F2, _F2, float64), cache=True)
-def step_agents(x, u, dt):
-    """(N,4), (N,2) controls held for dt (s) -> (N,4). Controls clipped to the box; the speed saturates at its
-    bounds (the step is split at the saturation time so that RK4 stays fourth order)."""
-    n = x.shape[0]
-    out = np.empty((n, 4))
-    for k in range(n):
+@njit(types.void(_F2, _F2, float64, _F2), cache=True)
+def step_agents_into(x, u, dt, out):
+    """`step_agents` written into out (N,4)."""
+    for k in range(x.shape[0]):
         omega = min(max(u[k, 0], -OMEGA_MAX), OMEGA_MAX)
         a = min(max(u[k, 1], A_MIN), A_MAX)
         v = min(max(x[k, 3], V_MIN), V_MAX)
@@ -140,6 +142,14 @@ def step_agents(x, u, dt):
             v = V_MAX if a > 0.0 else V_MIN
             px, py, th, v = _rk4_piece(px, py, th, v, omega, 0.0, dt - t_sat)
         out[k, 0], out[k, 1], out[k, 2], out[k, 3] = px, py, wrap_angle(th), v
+
+
+@njit(_F2(_F2, _F2, float64), cache=True)
+def step_agents(x, u, dt):
+    """(N,4), (N,2) controls held for dt (s) -> (N,4). Controls clipped to the box; the speed saturates at its
+    bounds (the step is split at the saturation time so that RK4 stays fourth order)."""
+    out = np.empty((x.shape[0], 4))
+    step_agents_into(x, u, dt, out)
     return out
 
 
@@ -218,7 +228,8 @@ MODEL = Model(
     safety_distance=457.2,
     parameters={"omega_max": OMEGA_MAX, "a_min": A_MIN, "a_max": A_MAX, "v_min": V_MIN, "v_max": V_MAX,
                 "v_nominal": 56.6},
-    kernels=Kernels(relative_state, affine_terms, agent_control_bounds, relative_control_bounds, step_agents),
+    kernels=Kernels(relative_state, affine_terms, agent_control_bounds, relative_control_bounds, step_agents,
+                    relative_state_into, step_agents_into),
     jax_terms=JaxTerms(jax_affine, jax_control_bounds),
     dissipation=dissipation,
 )

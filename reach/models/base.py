@@ -32,12 +32,16 @@ class Kernels:
     agent_control_bounds(x (N,k)) -> lo (N,m), hi (N,m)
     relative_control_bounds(s (N,n)) -> lo_a, hi_a, lo_b, hi_b, each (N,m)
     step_agents(x (N,k), u (N,m), dt) -> (N,k)
+    relative_state_into(ego, other, out (N,n)), step_agents_into(x, u, dt, out (N,k)): the same, written into the
+        caller's array (the filter's sampled-data check calls them at every check time without allocating)
     """
     relative_state: Callable
     affine_terms: Callable
     agent_control_bounds: Callable
     relative_control_bounds: Callable
     step_agents: Callable
+    relative_state_into: Callable
+    step_agents_into: Callable
 
 
 @dataclasses.dataclass(frozen=True)

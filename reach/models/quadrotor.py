@@ -23,10 +23,20 @@ _F2 = float64[:, :]
 _F3 = float64[:, :, :]
 
 
+@njit(types.void(_F2, _F2, _F2), cache=True)
+def relative_state_into(ego, other, out):
+    """`relative_state` written into out (N,4)."""
+    for k in range(ego.shape[0]):
+        for j in range(4):
+            out[k, j] = other[k, j] - ego[k, j]
+
+
 @njit(_F2(_F2, _F2), cache=True)
 def relative_state(ego, other):
     """(N,4), (N,4) -> (N,4): other - ego (positions and velocities, world axes)."""
-    return other - ego
+    out = np.empty((ego.shape[0], 4))
+    relative_state_into(ego, other, out)
+    return out
 
 
 @njit(types.Tuple((_F2, _F3, _F3))(_F2), cache=True)
@@ -92,15 +102,20 @@ def _axis(p, v, a, dt):
     return p + v * dt + 0.5 * a * dt * dt, v + a * dt
 
 
-@njit(_F2(_F2, _F2, float64), cache=True)
-def step_agents(x, u, dt):
-    """(N,4), (N,2) controls held for dt (s) -> (N,4); controls clipped to the box, speed saturates."""
-    n = x.shape[0]
-    out = np.empty((n, 4))
-    for k in range(n):
+@njit(types.void(_F2, _F2, float64, _F2), cache=True)
+def step_agents_into(x, u, dt, out):
+    """`step_agents` written into out (N,4)."""
+    for k in range(x.shape[0]):
         for j in range(2):
             a = min(max(u[k, j], -A_MAX), A_MAX)
             out[k, j], out[k, 2 + j] = _axis(x[k, j], x[k, 2 + j], a, dt)
+
+
+@njit(_F2(_F2, _F2, float64), cache=True)
+def step_agents(x, u, dt):
+    """(N,4), (N,2) controls held for dt (s) -> (N,4); controls clipped to the box, speed saturates."""
+    out = np.empty((x.shape[0], 4))
+    step_agents_into(x, u, dt, out)
     return out
 
 
@@ -144,7 +159,8 @@ MODEL = Model(
     observation_range=4.0,
     safety_distance=0.5,
     parameters={"a_max": A_MAX, "v_max": V_MAX},
-    kernels=Kernels(relative_state, affine_terms, agent_control_bounds, relative_control_bounds, step_agents),
+    kernels=Kernels(relative_state, affine_terms, agent_control_bounds, relative_control_bounds, step_agents,
+                    relative_state_into, step_agents_into),
     jax_terms=JaxTerms(jax_affine, jax_control_bounds),
     dissipation=dissipation,
 )
