@@ -16,8 +16,8 @@ grids/quadrotor.toml --store DIR``). Three measurements (numba compilation exclu
    the CBF-QP with box bounds through a general solver (scipy SLSQP), without a sampled-data check (the reference
    had none); the reference is timed on 100 agents per step and scaled to 1,000;
 3. one agent with 10 neighbours from a controller loop (`filter_agent`, Python call included, with a new result
-   per call and with one result rewritten in place, ``out=``): p50 / p99 over 5,000 calls, against the same
-   reference for one agent.
+   per call and with one result rewritten in place, ``out=``): p50 / p99 over 5,000 calls (and over each case's
+   fastest of its calls), against the same reference for one agent.
 
 Prints the figures and the ratios, and writes Markdown with the machine description.
 """
@@ -218,14 +218,17 @@ def bench_single(flt: LayeredSafetyFilter, ref: Reference, cases, repeat=3) -> d
         rts.append(time.perf_counter() - t)
     res = {"ref_p50_us": float(np.median(rts)) * 1e6, "ref_p99_us": float(np.percentile(rts, 99)) * 1e6,
            "status": np.bincount(status, minlength=6)}
-    # per status: the median of each case's fastest call (which kind of call makes the tail)
-    fastest = np.min(runs["out"], axis=0)
-    res["status_median_us"] = {int(k): float(np.median(fastest[status == k])) * 1e6 for k in np.unique(status)}
+    # each case's fastest call: the filter's own spread over the cases, without the preemptions; per status, the
+    # median of these shows which kind of call makes the tail
+    fastest = {name: np.min(runs[name], axis=0) for name in calls}
+    res["status_median_us"] = {int(k): float(np.median(fastest["out"][status == k])) * 1e6 for k in np.unique(status)}
     for name in calls:
         ts = min(runs[name], key=lambda a: np.percentile(a, 99))
         pre = "" if name == "new" else "out_"
+        best = fastest[name]
         res.update({pre + "p50_us": float(np.median(ts)) * 1e6, pre + "p99_us": float(np.percentile(ts, 99)) * 1e6,
-                    pre + "max_us": float(ts.max()) * 1e6,
+                    pre + "max_us": float(ts.max()) * 1e6, pre + "fastest_p50_us": float(np.median(best)) * 1e6,
+                    pre + "fastest_p99_us": float(np.percentile(best, 99)) * 1e6,
                     pre + "p99_runs_us": [float(np.percentile(a, 99)) * 1e6 for a in runs[name]]})
     return res
 
@@ -296,16 +299,19 @@ def main(argv=None) -> int:
         "5,000 calls per case set (Python call included), timed 3 times; the run with the lowest p99 is shown (the "
         "other runs' p99 in the last column: preemption by other jobs on the shared machine). Two call styles in "
         "turn on each case: a new `FilterResult` per call, and one result rewritten in place (`out=`, the "
-        "controller-loop idiom). Reference: RGI + SLSQP for the same agent, 300 calls.", "",
-        "| case set | call | p50 (us) | p99 (us) | max (us) | reference p50 / p99 (us) | ratio (p50) | status mix | "
-        "p99 of the 3 runs (us) |", "|---|---|---|---|---|---|---|---|---|",
+        "controller-loop idiom). Reference: RGI + SLSQP for the same agent, 300 calls. The column 'fastest call' takes "
+        "each case's fastest of its 3 calls before the percentiles: the filter's own spread over the cases, without the "
+        "preemptions.", "",
+        "| case set | call | p50 (us) | p99 (us) | max (us) | fastest call p50 / p99 (us) | reference p50 / p99 (us) | "
+        "ratio (p50) | status mix | p99 of the 3 runs (us) |", "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, single in singles.items():
         mix = ", ".join(f"{name} {int(single['status'][k])}" for k, name in enumerate(names)
                         if single['status'][k])
         for pre, call in (("", "new result"), ("out_", "`out=`")):
             lines.append(f"| {label} | {call} | {single[pre + 'p50_us']:.1f} | {single[pre + 'p99_us']:.1f} | "
-                         f"{single[pre + 'max_us']:.1f} | {single['ref_p50_us']:.0f} / {single['ref_p99_us']:.0f} | "
+                         f"{single[pre + 'max_us']:.1f} | {single[pre + 'fastest_p50_us']:.1f} / "
+                         f"{single[pre + 'fastest_p99_us']:.1f} | {single['ref_p50_us']:.0f} / {single['ref_p99_us']:.0f} | "
                          f"x{single['ref_p50_us'] / single[pre + 'p50_us']:.0f} | {mix} | "
                          f"{' / '.join(f'{v:.1f}' for v in single[pre + 'p99_runs_us'])} |")
     lines += ["", "Per status (`out=` calls, median of each case's fastest call): which calls make the tail.", "",
@@ -324,7 +330,9 @@ def main(argv=None) -> int:
         f"{step['median_ms']:.2f} ms, p90 {step['p90_ms']:.2f} ms).",
         f"- single agent with 10 neighbours p99 <= 20 us: {ok(rec['p99_us'] <= 20.0)} for states from the filtered "
         f"episode ({rec['p99_us']:.1f} us; with `out=` {rec['out_p99_us']:.1f} us); {ok(rnd['p99_us'] <= 20.0)} for "
-        f"the random neighbours ({rnd['p99_us']:.1f} us; with `out=` {rnd['out_p99_us']:.1f} us).", "",
+        f"the random neighbours ({rnd['p99_us']:.1f} us; with `out=` {rnd['out_p99_us']:.1f} us). Each case's fastest "
+        f"call, `out=`: p99 {rec['out_fastest_p99_us']:.1f} us (filtered episode), {rnd['out_fastest_p99_us']:.1f} us "
+        f"(random neighbours).", "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
