@@ -299,9 +299,9 @@ def main(argv=None) -> int:
         "5,000 calls per case set (Python call included), timed 3 times; the run with the lowest p99 is shown (the "
         "other runs' p99 in the last column: preemption by other jobs on the shared machine). Two call styles in "
         "turn on each case: a new `FilterResult` per call, and one result rewritten in place (`out=`, the "
-        "controller-loop idiom). Reference: RGI + SLSQP for the same agent, 300 calls. The column 'fastest call' takes "
-        "each case's fastest of its 3 calls before the percentiles: the filter's own spread over the cases, without the "
-        "preemptions.", "",
+        "controller-loop idiom). Reference: RGI + SLSQP for the same agent, 300 calls. The column 'fastest call' "
+        "takes each case's fastest of its 3 calls before the percentiles: the filter's own spread over the cases, "
+        "without the preemptions.", "",
         "| case set | call | p50 (us) | p99 (us) | max (us) | fastest call p50 / p99 (us) | reference p50 / p99 (us) | "
         "ratio (p50) | status mix | p99 of the 3 runs (us) |", "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -311,7 +311,8 @@ def main(argv=None) -> int:
         for pre, call in (("", "new result"), ("out_", "`out=`")):
             lines.append(f"| {label} | {call} | {single[pre + 'p50_us']:.1f} | {single[pre + 'p99_us']:.1f} | "
                          f"{single[pre + 'max_us']:.1f} | {single[pre + 'fastest_p50_us']:.1f} / "
-                         f"{single[pre + 'fastest_p99_us']:.1f} | {single['ref_p50_us']:.0f} / {single['ref_p99_us']:.0f} | "
+                         f"{single[pre + 'fastest_p99_us']:.1f} | "
+                         f"{single['ref_p50_us']:.0f} / {single['ref_p99_us']:.0f} | "
                          f"x{single['ref_p50_us'] / single[pre + 'p50_us']:.0f} | {mix} | "
                          f"{' / '.join(f'{v:.1f}' for v in single[pre + 'p99_runs_us'])} |")
     lines += ["", "Per status (`out=` calls, median of each case's fastest call): which calls make the tail.", "",

@@ -74,12 +74,12 @@ where that bound already gives B_w > 0. C comes from a small table over the cell
 coordinates (`norm_deficit_table`: max of ||p_node|| - V0_node over the cell's nodes; multilinear weights
 reproduce p and the norm is convex, so V_interp(s) >= ||p|| - C exactly): the skipped lookups cannot change any
 result. Skipped lookups still check the non-position bounds, so invalid states raise as before. A pair problem
-whose barrier the prioritization already looked up in the pair's orientation is skipped when gamma B exceeds the
-local rate bound that also covers the stored gradient (`local_rate_table(stored_gradient=True)`): every control in
-the box then satisfies the constraint and the check, so the answer is the clipped nominal action, without the
-gradient lookup (the same result; about 80 % of the partners in the dense quadrotor scenario). The pair terms,
-the predictions of the sampled-data check and the vertex search are batched (a few allocations per call, not per
-agent); the interpolation kernels run without reference counting (`_nrt=False`). Every lookup of a pair reads the
+whose barrier the prioritization already looked up (inside the grid, in the pair's orientation) is skipped when
+gamma B exceeds the local rate bound that also covers the stored gradient (`local_rate_table(stored_gradient=True)`):
+every control in the box then satisfies the constraint and the check, so the answer is the clipped nominal action,
+without the gradient lookup (the same result; about 80 % of the partners in the dense quadrotor scenario). The pair
+terms, the predictions of the sampled-data check and the vertex search are batched (a few allocations per call, not
+per agent); the interpolation kernels run without reference counting (`_nrt=False`). Every lookup of a pair reads the
 same packed grid rows (a value-only copy for the value lookups was slower: the pair's gradient lookup then missed
 the cache lines its value lookup had loaded). The vertex search tries its candidates in cost order and stops at
 the first that passes (the cheapest). The kernels write into arrays the caller allocates, and `FilterResult`
@@ -287,35 +287,34 @@ def local_rate_table(vf: ValueFunction, model, dt: float, stored_gradient: bool 
     stored_gradient=True: L_i is also at least max |dV/ds_i| of the stored gradient over R, so the table bounds
     |grad B . s'| with the gradient the filter's linear constraint uses (interpolated stored gradient, or p / ||p||
     on the norm branch) as well: gamma B >= Lambda then proves that every control in the box satisfies the
-    constraint (and the sampled-data check), so the pair problem's answer is the clipped nominal action.
+    constraint (and the sampled-data check), so the pair problem's answer is the clipped nominal action. Both tables
+    come from one pass over the cells and are cached together.
     """
-    key = (model.name, float(dt), bool(stored_gradient))
+    key = (model.name, float(dt))
     cached = getattr(vf, "_filter_rate_tables", {})
     if key in cached:
-        return cached[key]
+        return cached[key][int(bool(stored_gradient))]
     packed, lo, inv_dx, npts, per, _ = vf.kernel_args()
     shape = tuple(int(k) for k in npts)
     n = len(shape)
     v = np.asarray(packed[:, 0], dtype=np.float64).reshape(shape)
     glob = model.dissipation_bounds(vf.lo, vf.hi.copy())
     widen = [int(math.ceil(glob[j] * dt * inv_dx[j] - 1e-9)) for j in range(n)]   # (position dims unused)
-    # |edge slope| per dim, maxed over the positions: arrays over the non-position nodes (dim i: over its edges)
-    slopes = []
+    # |edge slope| per dim, maxed over the positions: arrays over the non-position nodes (dim i: over its edges);
+    # and the same at least the stored gradient's node maxima (max of each edge's two nodes)
+    slopes, gslopes = [], []
     for i in range(n):
         e = np.abs(np.diff(v, axis=i))
         if per[i]:
             e = np.concatenate([e, np.abs(np.take(v, [0], axis=i) - np.take(v, [-1], axis=i))], axis=i)
-        slope = e.max(axis=(0, 1)) * inv_dx[i]
-        if stored_gradient:     # node maxima of |stored dV/ds_i| -> the same edge layout (max of each edge's nodes)
-            gnode = np.abs(np.asarray(packed[:, 1 + i], dtype=np.float64)).reshape(shape).max(axis=(0, 1))
-            nxt = np.roll(gnode, -1, axis=i - 2) if i >= 2 else gnode
-            gedge = np.maximum(gnode, nxt)
-            if i >= 2 and not per[i]:
-                gedge = gedge.take(np.arange(shape[i] - 1), axis=i - 2)
-            slope = np.maximum(slope, gedge)
-        slopes.append(slope)
+        slopes.append(e.max(axis=(0, 1)) * inv_dx[i])
+        gnode = np.abs(np.asarray(packed[:, 1 + i], dtype=np.float64)).reshape(shape).max(axis=(0, 1))
+        gedge = np.maximum(gnode, np.roll(gnode, -1, axis=i - 2)) if i >= 2 else gnode
+        if i >= 2 and not per[i]:
+            gedge = gedge.take(np.arange(shape[i] - 1), axis=i - 2)
+        gslopes.append(np.maximum(slopes[i], gedge))
     cshape = tuple(shape[j] if per[j] else shape[j] - 1 for j in range(2, n))
-    table = np.empty(cshape)
+    tables = (np.empty(cshape), np.empty(cshape))
     for cell in np.ndindex(cshape):
         box_lo, box_hi = vf.lo.copy(), vf.hi.copy()
         nodes = []                      # node window per non-position dim
@@ -329,17 +328,17 @@ def local_rate_table(vf: ValueFunction, model, dt: float, stored_gradient: bool 
                 nodes.append(np.arange(a, b + 1))
             box_lo[j], box_hi[j] = lo[j] + a / inv_dx[j], lo[j] + b / inv_dx[j]
         rates = model.dissipation_bounds(box_lo, box_hi)
-        lam = 0.0
-        for i in range(n):
-            # along dim i the edges of the window (all but its last node), in the other dims its nodes
-            sel = [w[:-1] if j == i else w for w, j in zip(nodes, range(2, n))]
-            L = float(slopes[i][np.ix_(*sel)].max()) if all(len(w) for w in sel) else 0.0
-            lam += (max(L, 1.0) if i < interp.N_POSITION_DIMS else L) * rates[i]
-        table[cell] = lam
-    out = np.ascontiguousarray(table.reshape(-1))
-    cached[key] = out
+        for table, sl in zip(tables, (slopes, gslopes)):
+            lam = 0.0
+            for i in range(n):
+                # along dim i the edges of the window (all but its last node), in the other dims its nodes
+                sel = [w[:-1] if j == i else w for w, j in zip(nodes, range(2, n))]
+                L = float(sl[i][np.ix_(*sel)].max()) if all(len(w) for w in sel) else 0.0
+                lam += (max(L, 1.0) if i < interp.N_POSITION_DIMS else L) * rates[i]
+            table[cell] = lam
+    cached[key] = tuple(np.ascontiguousarray(t.reshape(-1)) for t in tables)
     vf._filter_rate_tables = cached
-    return out
+    return cached[key][int(bool(stored_gradient))]
 
 
 # ------------------------------------------------------------------------------------- per-model kernels
@@ -354,7 +353,7 @@ _GRID_FIELDS = (("p", float32[:, ::1]), ("lo", float64[::1]), ("inv", float64[::
           + [("shift", float64), ("d", float64), ("has_w", boolean), ("shift_w", float64), ("has_c", boolean),
              ("shift_c", float64), ("rc", float64), ("obs_range", float64), ("gamma", float64), ("dt", float64),
              ("n_checks", int64), ("max_iter", int64), ("ltab", float64[::1]), ("lam_max", float64),
-             ("stab", float64[::1]), ("stab_max", float64), ("vertex_search", boolean),
+             ("stab", float64[::1]), ("vertex_search", boolean),
              ("mtab", float64[::1]), ("mtst", int64[::1]), ("wtab", float64[::1]), ("wtst", int64[::1]),
              ("wmax", float64), ("w_same", boolean)])
 class _Config:
@@ -362,8 +361,7 @@ class _Config:
     costs ~0.1-0.2 us per argument (a third of a single-agent call). Built by `LayeredSafetyFilter._config`."""
 
     def __init__(self, cooperative, g, w, c, shift, d, has_w, shift_w, has_c, shift_c, rc, obs_range, gamma, dt,
-                 n_checks, max_iter, ltab, lam_max, stab, stab_max, vertex_search, mtab, mtst, wtab, wtst, wmax,
-                 w_same):
+                 n_checks, max_iter, ltab, lam_max, stab, vertex_search, mtab, mtst, wtab, wtst, wmax, w_same):
         self.cooperative = cooperative
         self.gp, self.glo, self.ginv, self.gn, self.gper, self.gstr = g
         self.wp, self.wlo, self.winv, self.wn, self.wper, self.wstr = w
@@ -383,7 +381,6 @@ class _Config:
         self.ltab = ltab
         self.lam_max = lam_max
         self.stab = stab
-        self.stab_max = stab_max
         self.vertex_search = vertex_search
         self.mtab = mtab
         self.mtst = mtst
@@ -527,7 +524,7 @@ def _build_kernels(model):
     @njit(nogil=True)
     def core(states, nominal, known, ids, targets, indptr, indices, cooperative, grid, shift, d, has_w, grid_w,
              shift_w, has_c, grid_c, shift_c, rc, resp, resp_uniform, gamma, dt, n_checks, max_iter, ltab, lam_max,
-             stab, stab_max, vertex_search, mtab, mtst, wtab, wtst, wmax, w_same, u_out, fo, io, bo):
+             stab, vertex_search, mtab, mtst, wtab, wtst, wmax, w_same, u_out, fo, io, bo):
         """Fills the caller's arrays (see `FilterResult`; an array a kernel returns to Python costs ~1 us of
         boxing, and rows of these are contiguous fields): u_out (T, m) the actions, fo (2, T) pair value and
         margin, io (3, T) partner, status and n in R_c, bo (2, T) conflict-free and changed. Returns the error
@@ -605,6 +602,11 @@ def _build_kernels(model):
                 err[2] = nb[p]
                 return err
         # ---- prioritization, conflict-range counts, Prop. 1
+        pbuf = np.empty((4, T), dtype=np.int64)
+        pair_t = pbuf[0]
+        pa = pbuf[1]
+        pb = pbuf[2]
+        best_st = pbuf[3]       # status of the partner's lookup (OK: inside the grid)
         for t in range(T):
             i = targets[t]
             p0 = off[t]
@@ -643,6 +645,7 @@ def _build_kernels(model):
                 if v < best or (v == best and best_j >= 0 and j < best_j):
                     best = v
                     best_j = j
+                    best_st[t] = st
             pair_value[t] = best
             if best < math.inf:
                 partner[t] = best_j
@@ -668,12 +671,8 @@ def _build_kernels(model):
                         vc, stc = barrier(cp, clo, cinv, cn, cper, cstr, S, s_w, shift_c, d, False, g, isc, wsc)
                         conflict_free[t] = stc <= OUTSIDE and vc >= 0.0
         # ---- the pair problems (a mutual cooperative pair is one problem, solved once)
-        pbuf = np.empty((3, T), dtype=np.int64)
-        pair_t = pbuf[0]
-        pa = pbuf[1]
-        pb = pbuf[2]
         pair_t[:] = -1
-        bk = np.empty(T)        # B(s_ab) when the prioritization looked it up in the pair's orientation, else NaN
+        bk = np.empty(T)        # B(s_ab) if the prioritization looked it up inside the grid in this orientation
         Q = 0
         for t in range(T):
             i = targets[t]
@@ -694,7 +693,7 @@ def _build_kernels(model):
                         continue
             pa[Q] = a
             pb[Q] = b
-            bk[Q] = pair_value[t] if a == i else math.nan
+            bk[Q] = pair_value[t] if a == i and best_st[t] == OK else math.nan
             pair_t[t] = Q
             Q += 1
         mm = 2 * m if cooperative else m
@@ -744,9 +743,7 @@ def _build_kernels(model):
                 # gamma B >= the stored-gradient rate bound (`local_rate_table`): every control in the box satisfies
                 # the constraint and the check, so the answer is the clipped nominal action (no gradient lookup)
                 idx, _ = _table_cell(S2, q, n, glo, ginv, gn, gper, mtst)   # in bounds: checked with the entries
-                inside = glo[0] <= S2[q, 0] <= glo[0] + (gn[0] - 1) / ginv[0] and \
-                    glo[1] <= S2[q, 1] <= glo[1] + (gn[1] - 1) / ginv[1]
-                if gamma * bk[q] >= (stab[idx] if inside else stab_max):
+                if gamma * bk[q] >= stab[idx]:
                     for z in range(m):
                         ubest[q, z] = min(max(nominal[a, z] if known[a] else 0.0, alo[q, z]), ahi[q, z])
                         if cooperative:
@@ -1011,7 +1008,7 @@ def _build_kernels(model):
                     (cfg.gp, cfg.glo, cfg.ginv, cfg.gn, cfg.gper, cfg.gstr), cfg.shift, cfg.d, cfg.has_w,
                     (cfg.wp, cfg.wlo, cfg.winv, cfg.wn, cfg.wper, cfg.wstr), cfg.shift_w, cfg.has_c,
                     (cfg.cp, cfg.clo, cfg.cinv, cfg.cn, cfg.cper, cfg.cstr), cfg.shift_c, cfg.rc, resp, resp_uniform,
-                    cfg.gamma, cfg.dt, cfg.n_checks, cfg.max_iter, cfg.ltab, cfg.lam_max, cfg.stab, cfg.stab_max,
+                    cfg.gamma, cfg.dt, cfg.n_checks, cfg.max_iter, cfg.ltab, cfg.lam_max, cfg.stab,
                     cfg.vertex_search, cfg.mtab, cfg.mtst, cfg.wtab, cfg.wtst, cfg.wmax, cfg.w_same, u_out, fo, io, bo)
 
     @njit(nogil=True)
@@ -1290,7 +1287,7 @@ class LayeredSafetyFilter:
                       c.kernel_args() if has_c else g, float(shift), float(self.safety_distance), has_w, float(sw),
                       has_c, float(sc), float(self.conflict_range), float(self.observation_range),
                       float(self.gamma_cbf), float(self.decision_period), int(self.n_checks), int(self.max_iter), ltab,
-                      float(np.max(ltab)), stab, float(np.max(stab)), bool(self.vertex_search), ctab, cstr, wtab, wstr,
+                      float(np.max(ltab)), stab, bool(self.vertex_search), ctab, cstr, wtab, wstr,
                       float(np.max(wtab)), w_same)
         self._diagnostics = has_w and has_c     # Prop. 1 (a Python bool: reading the jitclass costs ~0.5 us)
         self._cfg = cfg
