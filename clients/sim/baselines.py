@@ -34,6 +34,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from clients.filter import LayeredSafetyFilter
+
 
 # ---------------------------------------------------------------------------------------------------- kernels
 def neighbours_within(pos, radius, kmax):
@@ -344,11 +346,6 @@ class LayeredFilter:
     name = "layered"
 
     def __init__(self, model, cooperative, worst_case=None, safety_distance: float | None = None, **kwargs):
-        try:
-            from clients import LayeredSafetyFilter
-        except ImportError:  # older package layout
-            from clients.filter import LayeredSafetyFilter
-
         self.model = model
         self.inner = LayeredSafetyFilter(model, cooperative=cooperative, worst_case=worst_case,
                                          safety_distance=safety_distance, **kwargs)
