@@ -92,8 +92,7 @@ import math
 from typing import Optional
 
 import numpy as np
-from numba import boolean, float32, float64, int64, njit
-from numba.experimental import jitclass
+from numba import njit
 
 from clients import interp
 from clients.neighbors import neighbor_lists
@@ -344,50 +343,33 @@ def local_rate_table(vf: ValueFunction, model, dt: float, stored_gradient: bool 
 # ------------------------------------------------------------------------------------- per-model kernels
 _KERNELS: dict = {}
 
-_GRID_FIELDS = (("p", float32[:, ::1]), ("lo", float64[::1]), ("inv", float64[::1]), ("n", int64[::1]),
-                ("per", boolean[::1]), ("str", int64[::1]))
+# The kernels' configuration: three packed grids and three flat arrays, one per type, laid out as below.
+# Not a jitclass: numba's dispatcher types a jitclass argument through a Python-level fallback (an exception
+# raised and cleared in its fingerprint code), ~1 us per call warm and ~25 us when the caches are cold (a filter
+# called once per simulation step), against ~0.1 / ~0.5 us per array argument.
+# float64 `fc`: these scalars, then lo and inv_dx (n each) of the grids g (the mode's), w (worst case), c
+# (cooperative), then the tables ltab, stab, mtab, wtab at the offsets ic[_I_TABLES:_I_TABLES + 5] (the end last)
+_F_SHIFT, _F_D, _F_SHIFT_W, _F_SHIFT_C, _F_RC, _F_OBS, _F_GAMMA, _F_DT, _F_LAM_MAX, _F_WMAX = range(10)
+_F_GRIDS = 10
+# int64 `ic`: n_checks, max_iter, the five table offsets, then npts and strides (n each) of g, w, c, then the
+# table strides mtst and wtst (n each)
+_I_N_CHECKS, _I_MAX_ITER, _I_TABLES = 0, 1, 2
+_I_GRIDS = 7
+# bool `bc`: these flags, then periodic (n each) of g, w, c
+_B_COOPERATIVE, _B_HAS_W, _B_HAS_C, _B_VERTEX_SEARCH, _B_W_SAME = range(5)
+_B_GRIDS = 5
 
 
-@jitclass([("cooperative", boolean)]
-          + [(g + f, t) for g in ("g", "w", "c") for f, t in _GRID_FIELDS]
-          + [("shift", float64), ("d", float64), ("has_w", boolean), ("shift_w", float64), ("has_c", boolean),
-             ("shift_c", float64), ("rc", float64), ("obs_range", float64), ("gamma", float64), ("dt", float64),
-             ("n_checks", int64), ("max_iter", int64), ("ltab", float64[::1]), ("lam_max", float64),
-             ("stab", float64[::1]), ("vertex_search", boolean),
-             ("mtab", float64[::1]), ("mtst", int64[::1]), ("wtab", float64[::1]), ("wtst", int64[::1]),
-             ("wmax", float64), ("w_same", boolean)])
-class _Config:
-    """Everything a filter call needs besides the agents: one argument instead of ~40, since numba's dispatcher
-    costs ~0.1-0.2 us per argument (a third of a single-agent call). Built by `LayeredSafetyFilter._config`."""
-
-    def __init__(self, cooperative, g, w, c, shift, d, has_w, shift_w, has_c, shift_c, rc, obs_range, gamma, dt,
+def _pack_config(g, w, c, *, cooperative, shift, d, has_w, shift_w, has_c, shift_c, rc, obs_range, gamma, dt,
                  n_checks, max_iter, ltab, lam_max, stab, vertex_search, mtab, mtst, wtab, wtst, wmax, w_same):
-        self.cooperative = cooperative
-        self.gp, self.glo, self.ginv, self.gn, self.gper, self.gstr = g
-        self.wp, self.wlo, self.winv, self.wn, self.wper, self.wstr = w
-        self.cp, self.clo, self.cinv, self.cn, self.cper, self.cstr = c
-        self.shift = shift
-        self.d = d
-        self.has_w = has_w
-        self.shift_w = shift_w
-        self.has_c = has_c
-        self.shift_c = shift_c
-        self.rc = rc
-        self.obs_range = obs_range
-        self.gamma = gamma
-        self.dt = dt
-        self.n_checks = n_checks
-        self.max_iter = max_iter
-        self.ltab = ltab
-        self.lam_max = lam_max
-        self.stab = stab
-        self.vertex_search = vertex_search
-        self.mtab = mtab
-        self.mtst = mtst
-        self.wtab = wtab
-        self.wtst = wtst
-        self.wmax = wmax
-        self.w_same = w_same
+    """The kernels' configuration (gp, wp, cp, fc, ic, bc) from the grids' `kernel_args` and the settings."""
+    tables = [np.asarray(t, dtype=np.float64).reshape(-1) for t in (ltab, stab, mtab, wtab)]
+    head = np.array([shift, d, shift_w, shift_c, rc, obs_range, gamma, dt, lam_max, wmax], dtype=np.float64)
+    fc = np.concatenate([head] + [x[k] for x in (g, w, c) for k in (1, 2)] + tables)
+    off = _F_GRIDS + 6 * g[1].shape[0] + np.cumsum([0] + [t.shape[0] for t in tables])
+    ic = np.concatenate([[n_checks, max_iter], off] + [x[k] for x in (g, w, c) for k in (3, 5)] + [mtst, wtst])
+    bc = np.concatenate([[cooperative, has_w, has_c, vertex_search, w_same], g[4], w[4], c[4]])
+    return (g[0], w[0], c[0], fc, ic.astype(np.int64), bc.astype(np.bool_))
 
 
 def _build_kernels(model):
@@ -974,7 +956,7 @@ def _build_kernels(model):
         return True
 
     @njit(nogil=True)
-    def filter_all(states, nominal, resp, resp_uniform, cfg, u_out, fo, io, bo, pairs):
+    def filter_all(states, nominal, resp, resp_uniform, gp, wp, cp, fc, ic, bc, u_out, fo, io, bo, pairs):
         """All agents: fills u_out, fo, io, bo (as in `core`) and pairs (>= N // 2, 2) with the mutual
         pairs; returns (error code, row, column, number of pairs), code -1 if no error."""
         N = states.shape[0]
@@ -986,10 +968,10 @@ def _build_kernels(model):
         for i in range(N):
             pos[i, 0] = states[i, 0]
             pos[i, 1] = states[i, 1]
-        indptr, indices = neighbor_lists(pos, cfg.obs_range)
+        indptr, indices = neighbor_lists(pos, fc[_F_OBS])
         ids = np.arange(N)
-        err = core_cfg(states, nominal, known, ids, ids, indptr, indices, resp, resp_uniform, cfg, u_out, fo, io,
-                       bo)
+        err = core_cfg(states, nominal, known, ids, ids, indptr, indices, resp, resp_uniform, gp, wp, cp, fc, ic, bc,
+                       u_out, fo, io, bo)
         if err[0] != -1:
             return err[0], err[1], err[2], 0
         partner = io[0]
@@ -1003,16 +985,27 @@ def _build_kernels(model):
         return err[0], err[1], err[2], K
 
     @njit(nogil=True)
-    def core_cfg(states, nominal, known, ids, targets, indptr, indices, resp, resp_uniform, cfg, u_out, fo, io, bo):
-        return core(states, nominal, known, ids, targets, indptr, indices, cfg.cooperative,
-                    (cfg.gp, cfg.glo, cfg.ginv, cfg.gn, cfg.gper, cfg.gstr), cfg.shift, cfg.d, cfg.has_w,
-                    (cfg.wp, cfg.wlo, cfg.winv, cfg.wn, cfg.wper, cfg.wstr), cfg.shift_w, cfg.has_c,
-                    (cfg.cp, cfg.clo, cfg.cinv, cfg.cn, cfg.cper, cfg.cstr), cfg.shift_c, cfg.rc, resp, resp_uniform,
-                    cfg.gamma, cfg.dt, cfg.n_checks, cfg.max_iter, cfg.ltab, cfg.lam_max, cfg.stab,
-                    cfg.vertex_search, cfg.mtab, cfg.mtst, cfg.wtab, cfg.wtst, cfg.wmax, cfg.w_same, u_out, fo, io, bo)
+    def core_cfg(states, nominal, known, ids, targets, indptr, indices, resp, resp_uniform, gp, wp, cp, fc, ic, bc,
+                 u_out, fo, io, bo):
+        """`core` with the configuration unpacked from its arrays (see `_pack_config`)."""
+        f0 = _F_GRIDS
+        i0 = _I_GRIDS
+        b0 = _B_GRIDS
+        grid = (gp, fc[f0:f0 + n], fc[f0 + n:f0 + 2 * n], ic[i0:i0 + n], bc[b0:b0 + n], ic[i0 + n:i0 + 2 * n])
+        grid_w = (wp, fc[f0 + 2 * n:f0 + 3 * n], fc[f0 + 3 * n:f0 + 4 * n], ic[i0 + 2 * n:i0 + 3 * n],
+                  bc[b0 + n:b0 + 2 * n], ic[i0 + 3 * n:i0 + 4 * n])
+        grid_c = (cp, fc[f0 + 4 * n:f0 + 5 * n], fc[f0 + 5 * n:f0 + 6 * n], ic[i0 + 4 * n:i0 + 5 * n],
+                  bc[b0 + 2 * n:b0 + 3 * n], ic[i0 + 5 * n:i0 + 6 * n])
+        o = ic[_I_TABLES:_I_TABLES + 5]
+        return core(states, nominal, known, ids, targets, indptr, indices, bc[_B_COOPERATIVE], grid, fc[_F_SHIFT],
+                    fc[_F_D], bc[_B_HAS_W], grid_w, fc[_F_SHIFT_W], bc[_B_HAS_C], grid_c, fc[_F_SHIFT_C], fc[_F_RC],
+                    resp, resp_uniform, fc[_F_GAMMA], fc[_F_DT], ic[_I_N_CHECKS], ic[_I_MAX_ITER], fc[o[0]:o[1]],
+                    fc[_F_LAM_MAX], fc[o[1]:o[2]], bc[_B_VERTEX_SEARCH], fc[o[2]:o[3]], ic[i0 + 6 * n:i0 + 7 * n],
+                    fc[o[3]:o[4]], ic[i0 + 7 * n:i0 + 8 * n], fc[_F_WMAX], bc[_B_W_SAME], u_out, fo, io, bo)
 
     @njit(nogil=True)
-    def filter_agent(ego, ego_nom, others, others_nom, nb_ids, ego_id, resp, cfg, u_out, fo, io, bo):
+    def filter_agent(ego, ego_nom, others, others_nom, nb_ids, ego_id, resp, gp, wp, cp, fc, ic, bc, u_out, fo, io,
+                     bo):
         """Agent 0 (the ego) against the neighbour rows 1..K within the observation range, for the controller
         loop: fills the caller's arrays for one agent (as in `core`; partner as a neighbour row) and returns the
         error triple (code, row, column), code -1 if none. The neighbours' nominal actions are known when
@@ -1051,7 +1044,7 @@ def _build_kernels(model):
         err[:] = -1
         if not check_inputs(states, nominal, known, err):
             return err[0], err[1], err[2]
-        r2 = cfg.obs_range * cfg.obs_range
+        r2 = fc[_F_OBS] * fc[_F_OBS]
         cnt = 0
         for j in range(1, N):
             dx = states[j, 0] - states[0, 0]
@@ -1061,8 +1054,8 @@ def _build_kernels(model):
                 cnt += 1
         for q in range(1, N + 1):
             indptr[q] = cnt
-        err = core_cfg(states, nominal, known, ids, targets, indptr, idx[:cnt], resp, resp_uniform, cfg, u_out, fo,
-                       io, bo)
+        err = core_cfg(states, nominal, known, ids, targets, indptr, idx[:cnt], resp, resp_uniform, gp, wp, cp, fc, ic,
+                       bc, u_out, fo, io, bo)
         if err[0] == -1:
             io[0, 0] = io[0, 0] - 1 if io[0, 0] >= 1 else -1
         return err[0], err[1], err[2]
@@ -1263,8 +1256,9 @@ class LayeredSafetyFilter:
                 self._check_responsibility(value, None)
             object.__setattr__(self, "_resp_scalar", scalar)
 
-    def _config(self) -> _Config:
-        """The kernels' `_Config` (cached; rebuilt after a setting it depends on was assigned)."""
+    def _config(self) -> tuple:
+        """The kernels' configuration arrays (`_pack_config`; cached, rebuilt after a setting it depends on was
+        assigned)."""
         if self._cfg is not None:
             return self._cfg
         vf = self.vf
@@ -1283,13 +1277,14 @@ class LayeredSafetyFilter:
         # the worst-case grid's bounds need no check of their own when they hold the mode's grid's
         w_same = has_w and bool(np.all((w.lo[2:] <= vf.lo[2:]) & (w.hi[2:] >= vf.hi[2:])
                                        | w.kernel_args()[4][2:]))
-        cfg = _Config(self.mode == "cooperative", g, w.kernel_args() if has_w else g,
-                      c.kernel_args() if has_c else g, float(shift), float(self.safety_distance), has_w, float(sw),
-                      has_c, float(sc), float(self.conflict_range), float(self.observation_range),
-                      float(self.gamma_cbf), float(self.decision_period), int(self.n_checks), int(self.max_iter), ltab,
-                      float(np.max(ltab)), stab, bool(self.vertex_search), ctab, cstr, wtab, wstr,
-                      float(np.max(wtab)), w_same)
-        self._diagnostics = has_w and has_c     # Prop. 1 (a Python bool: reading the jitclass costs ~0.5 us)
+        cfg = _pack_config(g, w.kernel_args() if has_w else g, c.kernel_args() if has_c else g,
+                           cooperative=self.mode == "cooperative", shift=shift, d=self.safety_distance, has_w=has_w,
+                           shift_w=sw, has_c=has_c, shift_c=sc, rc=self.conflict_range, obs_range=self.observation_range,
+                           gamma=self.gamma_cbf, dt=self.decision_period, n_checks=self.n_checks,
+                           max_iter=self.max_iter, ltab=ltab, lam_max=np.max(ltab), stab=stab,
+                           vertex_search=bool(self.vertex_search), mtab=ctab, mtst=cstr, wtab=wtab, wtst=wstr,
+                           wmax=np.max(wtab), w_same=w_same)
+        self._diagnostics = has_w and has_c     # Prop. 1
         self._cfg = cfg
         return cfg
 
@@ -1323,7 +1318,7 @@ class LayeredSafetyFilter:
         cfg = self._config()
         out = self._outputs(n)
         pairs = np.empty((n // 2, 2), dtype=np.int64)
-        err = self._filter_all(x, u, resp, uniform, cfg, *out, pairs)
+        err = self._filter_all(x, u, resp, uniform, *cfg, *out, pairs)
         if err[0] != -1:
             self._raise(err)
         return FilterResult(*out, pairs[:err[3]], self._diagnostics)
@@ -1375,7 +1370,7 @@ class LayeredSafetyFilter:
             raise ValueError("out must be the FilterResult of an earlier filter_agent call of this filter")
         else:
             out._diagnostics = self._diagnostics
-        err = self._filter_agent(ego, en, others, nn, nid, int(ego_id), resp, cfg, out.actions, out._fo, out._io,
+        err = self._filter_agent(ego, en, others, nn, nid, int(ego_id), resp, *cfg, out.actions, out._fo, out._io,
                                  out._bo)
         if err[0] != -1:
             self._raise(err, nominal_name="nominal (ego 0, neighbours 1..K)")
