@@ -1127,6 +1127,15 @@ class FilterResult:
     def changed(self) -> np.ndarray:
         return self._bo[1]
 
+    def diagnostics(self) -> dict:
+        """Every field but `actions` by name (`conflict_free` only when computed), e.g. for an info dictionary."""
+        fo, io, bo = self._fo, self._io, self._bo
+        diag = {"partner": io[0], "pair_value": fo[0], "changed": bo[1], "status": io[1], "margin": fo[1],
+                "n_in_conflict_range": io[2], "collision_pairs": self.collision_pairs}
+        if self._diagnostics:
+            diag["conflict_free"] = bo[0]
+        return diag
+
     def __repr__(self) -> str:
         return (f"FilterResult(actions={self.actions!r}, partner={self.partner!r}, status={self.status!r}, "
                 f"pair_value={self.pair_value!r})")
@@ -1290,7 +1299,7 @@ class LayeredSafetyFilter:
 
     @staticmethod
     def _agent_array(x, width, name, n=None):
-        a = np.asarray(x, dtype=np.float64)
+        a = _f64(x)
         if a.ndim != 2 or a.shape[1] != width or (n is not None and a.shape[0] != n):
             want = f"({n if n is not None else 'N'}, {width})"
             raise StateError(f"{name} must have shape {want}, got {np.shape(x)}")
@@ -1310,7 +1319,7 @@ class LayeredSafetyFilter:
     # ------------------------------------------------------------------ API
     def filter(self, states, nominal_actions) -> FilterResult:
         """Filter all agents at once: states (N, k) world-frame, nominal_actions (N, m) -> FilterResult."""
-        k, m = self.model.n_agent_states, self.model.n_controls
+        k, m = self._k, self._m
         x = self._agent_array(states, k, "states")
         n = x.shape[0]
         u = self._agent_array(nominal_actions, m, "nominal_actions", n)

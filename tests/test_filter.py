@@ -422,6 +422,12 @@ def test_filter_agent_matches_filter(vfs):
     rng = np.random.default_rng(4)
     x, u = _dense_scene(rng, n=200, side=20.0)
     res = flt.filter(x, u)
+    diag = res.diagnostics()        # every field but the actions, by name
+    assert set(diag) == {"partner", "pair_value", "changed", "status", "margin", "n_in_conflict_range",
+                         "collision_pairs", "conflict_free"}
+    assert all(np.array_equal(v, getattr(res, k)) for k, v in diag.items())
+    assert "conflict_free" not in LayeredSafetyFilter(QUAD, cooperative=coop, safety_distance=0.5).filter(x, u) \
+        .diagnostics()
     for i in range(0, 200, 7):
         others = np.delete(np.arange(200), i)
         one = flt.filter_agent(x[i], u[i], x[others], u[others], ego_id=i, neighbor_ids=others)

@@ -354,12 +354,7 @@ class LayeredFilter:
 
     def filter(self, states, nominal):
         res = self.inner.filter(states, nominal)
-        diag = {"partner": res.partner, "pair_value": res.pair_value, "changed": res.changed, "status": res.status,
-                "margin": res.margin, "n_in_conflict_range": res.n_in_conflict_range,
-                "collision_pairs": res.collision_pairs}
-        if res.conflict_free is not None:
-            diag["conflict_free"] = res.conflict_free
-        return res.actions, diag
+        return res.actions, res.diagnostics()
 
 
 FILTER_NAMES = ("none", "layered", "ecbf", "braking")
