@@ -344,9 +344,9 @@ def local_rate_table(vf: ValueFunction, model, dt: float, stored_gradient: bool 
 _KERNELS: dict = {}
 
 # The kernels' configuration: three packed grids and three flat arrays, one per type, laid out as below.
-# Not a jitclass: numba's dispatcher types a jitclass argument through a Python-level fallback (an exception
-# raised and cleared in its fingerprint code), ~1 us per call warm and ~25 us when the caches are cold (a filter
-# called once per simulation step), against ~0.1 / ~0.5 us per array argument.
+# Not a jitclass: numba's dispatcher cannot fingerprint one, so it types it on its fallback path at every call (an
+# exception raised and cleared, attribute lookups): ~1 us warm and ~25 us when the caches are cold (a filter called
+# once per simulation step), against ~0.1 / ~0.5 us per array argument.
 # float64 `fc`: these scalars, then lo and inv_dx (n each) of the grids g (the mode's), w (worst case), c
 # (cooperative), then the tables ltab, stab, mtab, wtab at the offsets ic[_I_TABLES:_I_TABLES + 5] (the end last)
 _F_SHIFT, _F_D, _F_SHIFT_W, _F_SHIFT_C, _F_RC, _F_OBS, _F_GAMMA, _F_DT, _F_LAM_MAX, _F_WMAX = range(10)
