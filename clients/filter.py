@@ -985,17 +985,22 @@ def _build_kernels(model):
         return err[0], err[1], err[2], K
 
     @njit(nogil=True)
+    def grid_args(packed, fc, ic, bc, k):
+        """Grid k (0: the mode's, 1: worst case, 2: cooperative) as `interp`'s (packed, lo, inv_dx, npts,
+        periodic, strides), views into the configuration arrays (see `_pack_config`)."""
+        f = _F_GRIDS + 2 * k * n
+        i = _I_GRIDS + 2 * k * n
+        b = _B_GRIDS + k * n
+        return packed, fc[f:f + n], fc[f + n:f + 2 * n], ic[i:i + n], bc[b:b + n], ic[i + n:i + 2 * n]
+
+    @njit(nogil=True)
     def core_cfg(states, nominal, known, ids, targets, indptr, indices, resp, resp_uniform, gp, wp, cp, fc, ic, bc,
                  u_out, fo, io, bo):
         """`core` with the configuration unpacked from its arrays (see `_pack_config`)."""
-        f0 = _F_GRIDS
+        grid = grid_args(gp, fc, ic, bc, 0)
+        grid_w = grid_args(wp, fc, ic, bc, 1)
+        grid_c = grid_args(cp, fc, ic, bc, 2)
         i0 = _I_GRIDS
-        b0 = _B_GRIDS
-        grid = (gp, fc[f0:f0 + n], fc[f0 + n:f0 + 2 * n], ic[i0:i0 + n], bc[b0:b0 + n], ic[i0 + n:i0 + 2 * n])
-        grid_w = (wp, fc[f0 + 2 * n:f0 + 3 * n], fc[f0 + 3 * n:f0 + 4 * n], ic[i0 + 2 * n:i0 + 3 * n],
-                  bc[b0 + n:b0 + 2 * n], ic[i0 + 3 * n:i0 + 4 * n])
-        grid_c = (cp, fc[f0 + 4 * n:f0 + 5 * n], fc[f0 + 5 * n:f0 + 6 * n], ic[i0 + 4 * n:i0 + 5 * n],
-                  bc[b0 + 2 * n:b0 + 3 * n], ic[i0 + 5 * n:i0 + 6 * n])
         o = ic[_I_TABLES:_I_TABLES + 5]
         return core(states, nominal, known, ids, targets, indptr, indices, bc[_B_COOPERATIVE], grid, fc[_F_SHIFT],
                     fc[_F_D], bc[_B_HAS_W], grid_w, fc[_F_SHIFT_W], bc[_B_HAS_C], grid_c, fc[_F_SHIFT_C], fc[_F_RC],
