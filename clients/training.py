@@ -219,8 +219,9 @@ class SafetyCounters:
         pos = np.asarray(positions, dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise ValueError("positions must be finite with shape (N, 2)")
+        # a strided view (the position columns of the agents' states) goes in as it is: no copy
         near, n_rc, nearest, conflict, n_near, n_conflict, ok = _count_kernel(
-            np.ascontiguousarray(pos), self.safety_distance, self.conflict_range, want_nearest)
+            pos, self.safety_distance, self.conflict_range, want_nearest)
         if not ok:
             raise ValueError("positions must be finite with shape (N, 2)")
         self.samples += pos.shape[0]

@@ -156,29 +156,43 @@ def _intervened(model, states: np.ndarray, safe: np.ndarray, controls: np.ndarra
     (`model.agent_control_bounds`), in one kernel; states must be finite (N, k)."""
     if states.ndim != 2 or states.shape[1] != model.n_agent_states:
         raise ValueError(f"agent_states must have shape (N, {model.n_agent_states}), got {states.shape}")
-    lo, hi = model.kernels.agent_control_bounds(states)
-    out, ok = _intervened_kernel(states, np.ascontiguousarray(safe), np.ascontiguousarray(controls), lo, hi)
+    out, ok = _intervened_kernel(model)(states, np.ascontiguousarray(safe), np.ascontiguousarray(controls))
     if not ok:
         raise ValueError("agent_states contains NaN or inf")
     return out
 
 
-@njit(cache=True, nogil=True)
-def _intervened_kernel(states, safe, controls, lo, hi):
-    n, m = safe.shape
-    out = np.zeros(n, dtype=np.bool_)
-    for i in range(n):
-        for z in range(states.shape[1]):
-            if not math.isfinite(states[i, z]):
-                return out, False
-    for i in range(n):
-        for z in range(m):
-            span = hi[i, z] - lo[i, z]
-            if span < 1e-12:
-                span = 1e-12
-            if abs(safe[i, z] - controls[i, z]) > 1e-6 * span:
-                out[i] = True
-    return out, True
+_INTERVENED_KERNELS: dict = {}
+
+
+def _intervened_kernel(model):
+    """The intervention-flag kernel of a model (built once per model and process: it calls the model's bounds
+    kernel itself, one dispatch per step instead of two)."""
+    kernel = _INTERVENED_KERNELS.get(model.name)
+    if kernel is not None:
+        return kernel
+    bounds = model.kernels.agent_control_bounds
+
+    @njit(nogil=True)
+    def kernel(states, safe, controls):
+        n, m = safe.shape
+        out = np.zeros(n, dtype=np.bool_)
+        for i in range(n):
+            for z in range(states.shape[1]):
+                if not math.isfinite(states[i, z]):
+                    return out, False
+        lo, hi = bounds(states)
+        for i in range(n):
+            for z in range(m):
+                span = hi[i, z] - lo[i, z]
+                if span < 1e-12:
+                    span = 1e-12
+                if abs(safe[i, z] - controls[i, z]) > 1e-6 * span:
+                    out[i] = True
+        return out, True
+
+    _INTERVENED_KERNELS[model.name] = kernel
+    return kernel
 
 
 # ------------------------------------------------------------------------------------------------ built-in envs
@@ -491,13 +505,22 @@ def _controls_to_actions_kernel(controls, ids, center, half, out):
 
 
 # ------------------------------------------------------------------------------------------------ wrappers
-def _penalize_and_report(layer: SafetyLayer, ids, states_after, diag) -> dict:
+def _report(layer: SafetyLayer, ids, states_after, diag) -> tuple[dict, dict]:
+    """Hook 3 (`SafetyLayer.after_step`) and the step's summary (``info["safety"]``, ``last_metrics``): rates over
+    the agents in the airspace after the step (interventions over those before it), the minimum separation, the
+    stage's filter switch, d and R_c, and the episode's near-collision and conflict percentages. Returns
+    (after_step's per-agent arrays, summary)."""
     rep = layer.after_step(states_after)
-    return {"ids": ids, "intervened": diag.get("intervened"), "penalty": rep["penalty"], "_rates": rep.get("_rates"),
-            "near_collision": rep["near_collision"], "conflict": rep["conflict"], "nearest": rep["nearest"],
-            "n_in_conflict_range": rep["n_in_conflict_range"], "filter_on": layer.filter_on,
-            "safety_distance": layer.safety_distance, "conflict_range": layer.conflict_range,
-            "near_collision_pct": layer.counters.near_collision_pct, "conflict_pct": layer.counters.conflict_pct}
+    n = len(ids)
+    # (near-collision rate, conflict rate, penalty sum) from after_step's kernel pass
+    rates = rep["_rates"] if n else (0.0, 0.0, 0.0)
+    counters = layer.counters
+    summary = {"agents_in_airspace": n, "near_collision_rate": rates[0], "conflict_rate": rates[1],
+               "intervention_rate": _rate(diag.get("intervened")), "penalty_sum": rates[2],
+               "min_separation": float(rep["nearest"].min()) if n else float("inf"), "filter_on": layer.filter_on,
+               "safety_distance": layer.safety_distance, "conflict_range": layer.conflict_range,
+               "near_collision_pct": counters.near_collision_pct, "conflict_pct": counters.conflict_pct}
+    return rep, summary
 
 
 class SafeParallelEnv(ParallelEnv):
@@ -539,7 +562,7 @@ class SafeParallelEnv(ParallelEnv):
         actions = self.adapter.controls_to_actions(self.env, ids, safe, actions)
         obs, rew, term, trunc, infos = self.env.step(actions)
         ids_after, states_after = self.adapter.agent_states(self.env)
-        rep = _penalize_and_report(layer, ids_after, states_after, diag)
+        rep, summary = _report(layer, ids_after, states_after, diag)
         pos = {a: i for i, a in enumerate(ids_after)}
         before = {a: i for i, a in enumerate(ids)}
         rew = dict(rew)
@@ -555,7 +578,7 @@ class SafeParallelEnv(ParallelEnv):
                 "penalty": float(rep["penalty"][pos[a]]) if a in pos else 0.0,
                 "filter_on": layer.filter_on, "safety_distance": layer.safety_distance,
             }
-        self.last_metrics = _summary(rep)
+        self.last_metrics = summary
         return obs, rew, term, trunc, infos
 
     def close(self):
@@ -567,21 +590,6 @@ def _rate(x) -> float:
     if x is None or not len(x):
         return 0.0
     return np.count_nonzero(x) / len(x) if x.dtype == np.bool_ else float(np.mean(x))
-
-
-def _summary(rep: dict) -> dict:
-    n = len(rep["ids"])
-    f = _rate
-    rates = rep.get("_rates")  # (near-collision rate, conflict rate, penalty sum) from after_step's kernel pass
-    if rates is None or not n:
-        rates = (f(rep["near_collision"]), f(rep["conflict"]), float(np.sum(rep["penalty"])) if n else 0.0)
-    return {"agents_in_airspace": n, "near_collision_rate": rates[0],
-            "conflict_rate": rates[1], "intervention_rate": f(rep["intervened"]),
-            "penalty_sum": rates[2],
-            "min_separation": float(rep["nearest"].min()) if n else float("inf"),
-            "filter_on": rep["filter_on"], "safety_distance": rep["safety_distance"],
-            "conflict_range": rep["conflict_range"], "near_collision_pct": rep["near_collision_pct"],
-            "conflict_pct": rep["conflict_pct"]}
 
 
 class SafeJointEnv(gym.Wrapper):
@@ -602,10 +610,11 @@ class SafeJointEnv(gym.Wrapper):
         action = self.adapter.controls_to_actions(self.env, ids, safe, action)
         obs, rew, term, trunc, info = self.env.step(action)
         ids_after, states_after = self.adapter.agent_states(self.env)
-        rep = _penalize_and_report(layer, ids_after, states_after, diag)
+        rep, summary = _report(layer, ids_after, states_after, diag)
         info = dict(info)
-        summary = _summary(rep)
-        info["safety"] = summary | {"penalty": rep["penalty"], "intervened": diag["intervened"]}
+        info["safety"] = summary
+        summary["penalty"] = rep["penalty"]
+        summary["intervened"] = diag["intervened"]
         return obs, float(rew) + summary["penalty_sum"], term, trunc, info
 
 
@@ -636,9 +645,9 @@ class SafeVectorEnv(gym.vector.VectorWrapper):
         rew = np.array(rew, float, copy=True)
         summaries = []
         for e, (layer, (ids, states)) in enumerate(zip(self.layers, after)):
-            rep = _penalize_and_report(layer, ids, states, diags[e])
+            rep, summary = _report(layer, ids, states, diags[e])
             rew[e] += float(np.sum(rep["penalty"]))
-            summaries.append(_summary(rep))
+            summaries.append(summary)
         info = dict(info)
         info["safety"] = {k: np.array([s[k] for s in summaries]) for k in summaries[0]}
         return obs, rew, term, trunc, info
