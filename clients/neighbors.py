@@ -137,6 +137,56 @@ def neighbor_lists(pos, radius):
     return indptr, indices
 
 
+@njit(cache=True, nogil=True)
+def nearest_distances(pos, nearest):
+    """Exact nearest-neighbour distance (m) of every agent whose ``nearest[i]`` is inf, in place (the others are
+    left as they are). pos (N, 2) finite.
+
+    A ring search over a cell list of about one agent per cell: the rings of cells around the agent's cell are
+    searched outwards until the nearest point found is closer than anything the next ring can hold (a cell k + 1
+    rings away is at least k cell sides away). Agents that are isolated in a crowd then cost a few cells each
+    instead of a pass over all agents (all pairs cost ~1.5 ms a step for 1,000 spread-out agents).
+    """
+    n = pos.shape[0]
+    if n < 2:
+        return
+    w = np.max(pos[:, 0]) - np.min(pos[:, 0])
+    v = np.max(pos[:, 1]) - np.min(pos[:, 1])
+    # about one agent per cell for agents spread over an area or along a line
+    h, x0, y0, ncx, ncy, start, order, cell_of = _cell_list(pos, max(math.sqrt(w * v / n), max(w, v) / n, 1e-9))
+    kmax = max(ncx, ncy)
+    for i in range(n):
+        if nearest[i] < math.inf:
+            continue
+        cx = cell_of[i] % ncx
+        cy = cell_of[i] // ncx
+        xi = pos[i, 0]
+        yi = pos[i, 1]
+        best = math.inf     # squared distance
+        for k in range(kmax):
+            for yy in range(max(cy - k, 0), min(cy + k, ncy - 1) + 1):
+                edge = yy == cy - k or yy == cy + k
+                xx = cx - k
+                while xx <= cx + k:     # the whole row on the ring's top and bottom edges, else its two ends
+                    if 0 <= xx < ncx:
+                        c = yy * ncx + xx
+                        for q in range(start[c], start[c + 1]):
+                            j = order[q]
+                            if j == i:
+                                continue
+                            dx = pos[j, 0] - xi
+                            dy = pos[j, 1] - yi
+                            d2 = dx * dx + dy * dy
+                            if d2 < best:
+                                best = d2
+                    xx += 1 if edge or k == 0 else 2 * k
+            # margin: binning rounds (x - x0) / h, so a cell boundary is known to ~1e-16 of the extent
+            reach = k * h * (1.0 - 1e-9)
+            if best <= reach * reach:
+                break
+        nearest[i] = math.sqrt(best)
+
+
 def neighbors(positions, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Validated wrapper: positions (N, 2) finite, radius > 0 -> (indptr, indices)."""
     pos = np.ascontiguousarray(np.asarray(positions, dtype=np.float64))

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 from numba import njit
 
-from clients.neighbors import neighbor_lists
+from clients.neighbors import nearest_distances, neighbor_lists
 
 
 def agent_positions_velocities(model, states) -> tuple[np.ndarray, np.ndarray]:
@@ -141,9 +141,9 @@ class CurriculumSchedule:
 @njit(cache=True, nogil=True)
 def _count_kernel(pos, d, rc, want_nearest):
     """Per agent: another agent closer than d (near), the number of others inside R_c (n_rc), the conflict flag
-    (n_rc > 1), the nearest-neighbour distance (from the cell list within max(d, R_c); with want_nearest also all
-    pairs for the agents with no neighbour in that range, so exact for every agent; else inf for those; inf for a
-    single agent), and the numbers of near-collision and conflict agents. ok = False when a position is not finite
+    (n_rc > 1), the nearest-neighbour distance (from the cell list within max(d, R_c); with want_nearest also a
+    ring search (`clients.neighbors.nearest_distances`) for the agents with no neighbour in that range, so exact for
+    every agent; else inf for those; inf for a single agent), and the numbers of near-collision and conflict agents. ok = False when a position is not finite
     (nothing else is then computed)."""
     n = pos.shape[0]
     near = np.zeros(n, dtype=np.bool_)
@@ -167,17 +167,8 @@ def _count_kernel(pos, d, rc, want_nearest):
                 n_rc[i] += 1
             if d2 < nearest[i] * nearest[i]:
                 nearest[i] = dij
-    for i in range(n):
-        if nearest[i] < math.inf or not want_nearest:
-            continue
-        for j in range(n):
-            if j == i:
-                continue
-            dx = pos[j, 0] - pos[i, 0]
-            dy = pos[j, 1] - pos[i, 1]
-            d2 = dx * dx + dy * dy
-            if d2 < nearest[i] * nearest[i]:
-                nearest[i] = math.sqrt(d2)
+    if want_nearest:
+        nearest_distances(pos, nearest)
     n_near = 0
     n_conflict = 0
     for i in range(n):

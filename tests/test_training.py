@@ -71,6 +71,30 @@ def test_safety_counters():
     assert c.samples == 6 and c.near_collisions == 2 and c.conflicts == 3
 
 
+@pytest.mark.parametrize("layout", ["uniform", "clusters", "line", "duplicates", "two_far", "wide"])
+def test_nearest_distances_is_exact(layout):
+    """The ring search gives every agent's exact nearest distance (bitwise the all-pairs value) for crowds, clusters
+    far apart, agents on a line, coincident agents and very wide scenes; agents with a finite entry are kept."""
+    from clients.neighbors import nearest_distances
+    from clients.sim.simulator import nearest_and_count
+
+    rng = np.random.default_rng(3)
+    pos = {"uniform": lambda: rng.uniform(0, 30, (500, 2)),
+           "clusters": lambda: np.concatenate([rng.normal(c, 0.3, (60, 2)) for c in ([0, 0], [50, 5], [-40, 80])]),
+           "line": lambda: np.column_stack([rng.uniform(0, 1000, 200), np.zeros(200)]),
+           "duplicates": lambda: np.repeat(rng.uniform(0, 5, (30, 2)), 3, axis=0),
+           "two_far": lambda: np.array([[0.0, 0.0], [3e4, -2e4]]),
+           "wide": lambda: np.concatenate([rng.uniform(0, 1, (100, 2)), rng.uniform(-1e5, 1e5, (20, 2))])}[layout]()
+    got = np.full(len(pos), np.inf)
+    got[::7] = -1.0     # a finite entry means "known": left untouched
+    nearest_distances(pos, got)
+    want = nearest_and_count(pos, 0.0)[0]
+    np.testing.assert_array_equal(got[::7], -1.0)
+    keep = np.ones(len(pos), bool)
+    keep[::7] = False
+    np.testing.assert_array_equal(got[keep], want[keep])
+
+
 @pytest.mark.parametrize("n, spread", [(0, 1.0), (1, 1.0), (2, 50.0), (40, 3.0), (40, 40.0), (300, 20.0)])
 def test_update_with_nearest_matches_update_and_all_pairs(n, spread):
     """One cell-list pass gives the same counts as `update` and every agent's exact nearest distance (also for
