@@ -179,7 +179,7 @@ def nearest_distances(pos, nearest):
                             d2 = dx * dx + dy * dy
                             if d2 < best:
                                 best = d2
-                    xx += 1 if edge or k == 0 else 2 * k
+                    xx += 1 if edge else 2 * k
             # margin: binning rounds (x - x0) / h, so a cell boundary is known to ~1e-16 of the extent
             reach = k * h * (1.0 - 1e-9)
             if best <= reach * reach:

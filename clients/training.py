@@ -143,8 +143,8 @@ def _count_kernel(pos, d, rc, want_nearest):
     """Per agent: another agent closer than d (near), the number of others inside R_c (n_rc), the conflict flag
     (n_rc > 1), the nearest-neighbour distance (from the cell list within max(d, R_c); with want_nearest also a
     ring search (`clients.neighbors.nearest_distances`) for the agents with no neighbour in that range, so exact for
-    every agent; else inf for those; inf for a single agent), and the numbers of near-collision and conflict agents. ok = False when a position is not finite
-    (nothing else is then computed)."""
+    every agent; else inf for those; inf for a single agent), and the numbers of near-collision and conflict agents.
+    ok = False when a position is not finite (nothing else is then computed)."""
     n = pos.shape[0]
     near = np.zeros(n, dtype=np.bool_)
     n_rc = np.zeros(n, dtype=np.int64)
