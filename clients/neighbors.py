@@ -16,7 +16,8 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def _cell_list(pos, radius):
-    """Bin agents into square cells of side h >= radius. Returns (h, x0, y0, ncx, ncy, cell_start, order)."""
+    """Bin agents into square cells of side h >= radius (radius 0: about one agent per cell, for agents spread over
+    an area or along a line). Returns (h, x0, y0, ncx, ncy, cell_start, order, cell_of)."""
     n = pos.shape[0]
     x0, y0, x1, y1 = math.inf, math.inf, -math.inf, -math.inf
     for i in range(n):
@@ -24,6 +25,10 @@ def _cell_list(pos, radius):
         y0 = min(y0, pos[i, 1])
         x1 = max(x1, pos[i, 0])
         y1 = max(y1, pos[i, 1])
+    if radius <= 0.0 and n > 0:
+        w = x1 - x0
+        v = y1 - y0
+        radius = max(math.sqrt(w * v / n), max(w, v) / n, 1e-9)
     h = max(radius, 1e-12)
     # keep the number of cells O(N) for sparse, wide scenes (bigger cells stay correct: h >= radius)
     max_cells = 4 * n + 16
@@ -150,10 +155,7 @@ def nearest_distances(pos, nearest):
     n = pos.shape[0]
     if n < 2:
         return
-    w = np.max(pos[:, 0]) - np.min(pos[:, 0])
-    v = np.max(pos[:, 1]) - np.min(pos[:, 1])
-    # about one agent per cell for agents spread over an area or along a line
-    h, x0, y0, ncx, ncy, start, order, cell_of = _cell_list(pos, max(math.sqrt(w * v / n), max(w, v) / n, 1e-9))
+    h, x0, y0, ncx, ncy, start, order, cell_of = _cell_list(pos, 0.0)
     kmax = max(ncx, ncy)
     for i in range(n):
         if nearest[i] < math.inf:
