@@ -88,6 +88,7 @@ fields are views of them.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -191,8 +192,7 @@ def _solve_rows(ref, lo, hi, dw, c, row, b, out):
     return 1
 
 
-@njit(cache=True, nogil=True)
-def solve_halfspace_box(ref, lo, hi, dw, c, b, out):
+def solve_halfspace_box(ref, lo, hi, dw, c, b, out) -> int:
     """Exact solution of  min sum_k (u_k - ref_k)^2 / dw_k  s.t.  c . u >= b,  lo <= u <= hi  (1-D arrays).
 
     dw_k >= 0 are the inverse weights (responsibilities); dw_k = 0 fixes u_k at clip(ref_k). Coefficients with
@@ -204,10 +204,30 @@ def solve_halfspace_box(ref, lo, hi, dw, c, b, out):
     then out is the most-safe control (argmax of c . u over the box in the free components, clip(ref) in the fixed
     ones).
     """
+    ref, lo, hi, dw = (np.asarray(x, dtype=np.float64) for x in (ref, lo, hi, dw))
+    m = ref.shape[0] if ref.ndim == 1 else -1
+    for name, x in (("ref", ref), ("lo", lo), ("hi", hi), ("dw", dw), ("c", c), ("out", out)):
+        if not (isinstance(x, np.ndarray) and x.shape == (m,)):
+            raise ValueError(f"{name} must be a 1-D array of the length of ref, got shape {np.shape(x)}")
+    for name, x in (("c", c), ("out", out)):     # written in place
+        if x.dtype != np.float64 or not x.flags.c_contiguous or not x.flags.writeable:
+            raise ValueError(f"{name} must be a writeable C-contiguous float64 array (it is written in place)")
+    if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(c)) and math.isfinite(b)):
+        raise ValueError("ref, c and b must be finite")
+    if np.any(np.isnan(lo) | np.isnan(hi)) or np.any(lo > hi):
+        raise ValueError("the box must have lo <= hi")
+    if not np.all(dw >= 0) or not np.all(np.isfinite(dw)):
+        raise ValueError("dw must be finite and >= 0")
+    return int(_solve_one(np.ascontiguousarray(ref), np.ascontiguousarray(lo), np.ascontiguousarray(hi),
+                          np.ascontiguousarray(dw), c, float(b), out))
+
+
+@njit(cache=True, nogil=True)
+def _solve_one(ref, lo, hi, dw, c, b, out):
+    """`solve_halfspace_box` on checked input."""
     m = ref.shape[0]
-    out2 = out.reshape((1, m))
     return _solve_rows(ref.reshape((1, m)), lo.reshape((1, m)), hi.reshape((1, m)), dw.reshape((1, m)),
-                       c.reshape((1, m)), 0, b, out2)
+                       c.reshape((1, m)), 0, b, out.reshape((1, m)))
 
 
 # ------------------------------------------------------------------------------------- grid lower bound
@@ -1179,8 +1199,9 @@ class LayeredSafetyFilter:
     max(0, -attrs.validation.worst_separation_excess), else 0); vertex_search:
     when no linear candidate passes the sampled-data check, try every combination of {lo, clip(nominal), hi}
     per control component (at most 3^(2m) distinct joint candidates) and keep the cheapest passing one, else the
-    one with the largest slack. The settings are read at every call (changing an attribute takes effect at the next
-    call).
+    one with the largest slack. The settings are read at every call: an attribute assigned later takes effect at the
+    next call, which checks it like the constructor argument (ValueError) and re-derives the defaults that depend
+    on it (R_c after d, gamma_cbf after dt, the value margin after mode; None restores a default).
     """
 
     def __init__(self, model, cooperative: ValueFunction | None = None, worst_case: ValueFunction | None = None,
@@ -1190,13 +1211,34 @@ class LayeredSafetyFilter:
                  conflict_range: float | None = None, value_margin: float | None = None,
                  vertex_search: bool = True):
         from reach.models import get_model
+        object.__setattr__(self, "_auto", set())     # the settings left to their defaults (they follow the others)
+        object.__setattr__(self, "_cfg", None)
         self.model = get_model(model) if isinstance(model, str) else model
-        if mode not in ("cooperative", "worst_case"):
-            raise ValueError(f"mode must be 'cooperative' or 'worst_case', got {mode!r}")
         self.mode = mode
         self.cooperative_vf = cooperative
         self.worst_case_vf = worst_case
-        for label, vf in (("cooperative", cooperative), ("worst_case", worst_case)):
+        self.safety_distance = safety_distance
+        self.decision_period = decision_period
+        self.gamma_cbf = gamma_cbf
+        self.observation_range = observation_range
+        self.n_checks = n_checks
+        self.max_iter = max_iter
+        self.value_margin = value_margin
+        self.vertex_search = vertex_search
+        self.conflict_range = conflict_range
+        self.responsibility = responsibility            # checked by __setattr__
+        self._filter_all, self._filter_agent = _kernels_for(self.model)
+        self._k, self._m = self.model.n_agent_states, self.model.n_controls
+        self._settle()
+
+    def _settle(self) -> None:
+        """Check the settings and derive the defaulted ones (run at construction and, after an assignment, at the
+        next call: a setting assigned later is checked like a constructor argument, and the defaults follow the
+        others, e.g. R_c(d) after d changed)."""
+        put = functools.partial(object.__setattr__, self)
+        if self.mode not in ("cooperative", "worst_case"):
+            raise ValueError(f"mode must be 'cooperative' or 'worst_case', got {self.mode!r}")
+        for label, vf in (("cooperative", self.cooperative_vf), ("worst_case", self.worst_case_vf)):
             if vf is None:
                 continue
             if not isinstance(vf, ValueFunction):
@@ -1205,46 +1247,49 @@ class LayeredSafetyFilter:
                 raise ValueError(f"{label} value function is for model {vf.model.name}, not {self.model.name}")
             if vf.game != label:
                 raise ValueError(f"the {label} argument holds a {vf.game} value function ({vf.name})")
-        self.vf = cooperative if mode == "cooperative" else worst_case
-        if self.vf is None:
-            raise ValueError(f"mode {mode!r} needs the {mode} value function")
-        self.safety_distance = self.vf.effective_safety_distance(safety_distance)
-        self.decision_period = float(decision_period if decision_period is not None else self.model.decision_period)
-        if not (self.decision_period > 0 and math.isfinite(self.decision_period)):
-            raise ValueError(f"decision_period must be finite and > 0, got {decision_period}")
-        self.gamma_cbf = float(gamma_cbf if gamma_cbf is not None else 0.5 / self.decision_period)
-        if not (self.gamma_cbf >= 0 and self.gamma_cbf * self.decision_period <= 1.0 + 1e-12):
+        vf = self.cooperative_vf if self.mode == "cooperative" else self.worst_case_vf
+        if vf is None:
+            raise ValueError(f"mode {self.mode!r} needs the {self.mode} value function")
+        put("vf", vf)
+        put("safety_distance", vf.effective_safety_distance(self.safety_distance))
+        dt = self.model.decision_period if self.decision_period is None else self.decision_period
+        if not (_is_real(dt) and dt > 0 and math.isfinite(dt)):
+            raise ValueError(f"decision_period must be finite and > 0, got {self.decision_period}")
+        put("decision_period", float(dt))
+        gamma = 0.5 / self.decision_period if "gamma_cbf" in self._auto else self.gamma_cbf
+        if not (_is_real(gamma) and gamma >= 0 and gamma * self.decision_period <= 1.0 + 1e-12):
             raise ValueError(f"gamma_cbf must be in [0, 1/decision_period] = [0, {1 / self.decision_period}], "
-                             f"got {self.gamma_cbf}")
-        self.observation_range = float(observation_range if observation_range is not None
-                                       else self.model.observation_range)
-        if not (self.observation_range > 0 and math.isfinite(self.observation_range)):
-            raise ValueError(f"observation_range must be finite and > 0, got {observation_range}")
-        if int(n_checks) < 1 or int(max_iter) < 0:
-            raise ValueError("n_checks must be >= 1 and max_iter >= 0")
-        if value_margin is None:
-            validation = self.vf.attrs.get("validation") or {}
+                             f"got {gamma}")
+        put("gamma_cbf", float(gamma))
+        obs = self.model.observation_range if self.observation_range is None else self.observation_range
+        if not (_is_real(obs) and obs > 0 and math.isfinite(obs)):
+            raise ValueError(f"observation_range must be finite and > 0, got {self.observation_range}")
+        put("observation_range", float(obs))
+        if not (_is_int(self.n_checks) and _is_int(self.max_iter) and self.n_checks >= 1 and self.max_iter >= 0):
+            raise ValueError(f"n_checks must be an integer >= 1 and max_iter an integer >= 0, got {self.n_checks} "
+                             f"and {self.max_iter}")
+        put("n_checks", int(self.n_checks))
+        put("max_iter", int(self.max_iter))
+        margin = self.value_margin
+        if "value_margin" in self._auto:
+            validation = vf.attrs.get("validation") or {}
             excess = validation.get("worst_separation_excess")
-            value_margin = (float(validation.get("margin") or 0.0) + max(0.0, -float(excess))
-                            if excess is not None else 0.0)
-        self.value_margin = float(value_margin)
-        if not (self.value_margin >= 0 and math.isfinite(self.value_margin)):
-            raise ValueError(f"value_margin must be finite and >= 0, got {value_margin}")
-        self.vertex_search = bool(vertex_search)
-        self.n_checks = int(n_checks)
-        self.max_iter = int(max_iter)
-        self.responsibility = responsibility            # checked by __setattr__
-        if conflict_range is None:
-            conflict_range = math.nan
-            for vf in (worst_case, cooperative):
-                if vf is not None and vf._conflict_d is not None:
-                    conflict_range = vf.conflict_range(self.safety_distance if vf.safety_distance is None
-                                                       else vf.safety_distance)
+            margin = (float(validation.get("margin") or 0.0) + max(0.0, -float(excess))
+                      if excess is not None else 0.0)
+        if not (_is_real(margin) and margin >= 0 and math.isfinite(margin)):
+            raise ValueError(f"value_margin must be finite and >= 0, got {margin}")
+        put("value_margin", float(margin))
+        put("vertex_search", bool(self.vertex_search))
+        rc = self.conflict_range
+        if "conflict_range" in self._auto:
+            rc = math.nan
+            for w in (self.worst_case_vf, self.cooperative_vf):
+                if w is not None and w._conflict_d is not None:
+                    rc = w.conflict_range(self.safety_distance if w.safety_distance is None else w.safety_distance)
                     break
-        self.conflict_range = float(conflict_range)
-        self._filter_all, self._filter_agent = _kernels_for(self.model)
-        self._k, self._m = self.model.n_agent_states, self.model.n_controls
-        self._cfg = None
+        elif not (_is_real(rc) and rc > 0):
+            raise ValueError(f"conflict_range must be > 0, got {rc}")
+        put("conflict_range", float(rc))
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -1275,10 +1320,15 @@ class LayeredSafetyFilter:
                                "observation_range", "n_checks", "max_iter", "vertex_search", "conflict_range", "vf",
                                "worst_case_vf", "cooperative_vf"})
 
+    # the settings that default to a function of the others when given as None
+    _DERIVED = frozenset({"gamma_cbf", "value_margin", "conflict_range"})
+
     def __setattr__(self, name, value):
         object.__setattr__(self, name, value)
         if name in self._CONFIG_ATTRS:
             object.__setattr__(self, "_cfg", None)
+            if name in self._DERIVED:
+                (self._auto.add if value is None else self._auto.discard)(name)
         elif name == "responsibility":      # a scalar is checked here once; an array at every call (N must match)
             scalar = np.ndim(value) == 0
             if scalar:
@@ -1290,6 +1340,7 @@ class LayeredSafetyFilter:
         assigned)."""
         if self._cfg is not None:
             return self._cfg
+        self._settle()
         vf = self.vf
         g = vf.kernel_args()
         shift = vf.shift(self.safety_distance if vf.safety_distance is None else None) + self.value_margin
@@ -1407,6 +1458,15 @@ class LayeredSafetyFilter:
 
 
 _F64 = np.dtype(np.float64)
+
+
+def _is_real(x) -> bool:
+    """A real number (not a bool, string or array)."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def _f64(x) -> np.ndarray:

@@ -30,9 +30,12 @@ def _cell_list(pos, radius):
         v = y1 - y0
         radius = max(math.sqrt(w * v / n), max(w, v) / n, 1e-9)
     h = max(radius, 1e-12)
-    # keep the number of cells O(N) for sparse, wide scenes (bigger cells stay correct: h >= radius)
+    if not (x1 - x0 < math.inf and y1 - y0 < math.inf):
+        raise ValueError("positions must be finite and span less than the float range")
+    # keep the number of cells O(N) for sparse, wide scenes (bigger cells stay correct: h >= radius); the counts
+    # in floating point, as an integer product overflows for far-apart agents
     max_cells = 4 * n + 16
-    while (math.floor((x1 - x0) / h) + 1) * (math.floor((y1 - y0) / h) + 1) > max_cells:
+    while ((x1 - x0) // h + 1.0) * ((y1 - y0) // h + 1.0) > max_cells:
         h *= 1.5
     ncx = int(math.floor((x1 - x0) / h)) + 1
     ncy = int(math.floor((y1 - y0) / h)) + 1

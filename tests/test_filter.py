@@ -230,6 +230,14 @@ def test_closed_form_edge_cases():
     c = np.array([1.0, 1e-9])
     assert solve_halfspace_box(np.zeros(2), -np.ones(2), np.ones(2), np.ones(2), c, 5.0, out) == 2
     assert out[0] == 1.0 and out[1] == 0.0
+    # bad input is refused with a message that names it
+    ok = dict(ref=np.zeros(2), lo=-np.ones(2), hi=np.ones(2), dw=np.ones(2), c=np.ones(2), b=0.5, out=np.empty(2))
+    for change, match in [({"c": np.ones(4)[::2]}, "c must be a writeable"), ({"b": math.nan}, "finite"),
+                          ({"c": np.array([1.0, math.nan])}, "finite"), ({"lo": np.array([2.0, -1.0])}, "lo <= hi"),
+                          ({"dw": np.array([-1.0, 1.0])}, "dw must be"), ({"hi": np.ones(3)}, "hi must be a 1-D"),
+                          ({"out": np.empty(2, dtype=np.float32)}, "out must be")]:
+        with pytest.raises(ValueError, match=match):
+            solve_halfspace_box(**{**ok, **change})
 
 
 # ---------------------------------------------------------------------------------- encounter simulation
@@ -565,6 +573,61 @@ def test_neighbor_lists_match_brute_force():
         pa, pb = close_pairs(pos, r)
         assert pa.size == indices.size // 2
         assert np.all(pa != pb)
+
+
+def test_far_apart_agents_are_binned_without_overflow(vfs):
+    """Agents billions of metres apart (e.g. parked far away) get exact neighbour lists, and the filter runs on
+    them (the cell counts once overflowed int64 and wrote outside the cell array); a span beyond the float range
+    is a clear error."""
+    for pos, r in [(np.array([[0.0, 0.0], [1.0, 0.0], [3e10, 3e10]]), 4.0),
+                   (np.array([[0.0, 0.0], [2.0**32 - 0.5, 2.0**32 - 0.5], [1.0, 0.0]]), 1.0)]:
+        indptr, indices = neighbor_lists(pos, r)
+        near = {i: sorted(indices[indptr[i]:indptr[i + 1]]) for i in range(3)}
+        assert near == {0: [1], 1: [0], 2: []} if pos[2, 0] > 1e9 else near == {0: [2], 1: [], 2: [0]}
+    e = 4.0 * (2.0**32 - 0.5)
+    x = np.array([[0.0, 0.0, 0.2, 0.0], [1.0, 0.0, -0.2, 0.0], [e, e, 0.0, 0.0]])
+    res = LayeredSafetyFilter(QUAD, cooperative=vfs["quadrotor"]["cooperative"]).filter(x, np.zeros((3, 2)))
+    assert list(res.partner) == [1, 0, -1]
+    with pytest.raises(ValueError, match="float range"):
+        neighbor_lists(np.array([[-1e308, 0.0], [1e308, 0.0]]), 1.0)
+
+
+def test_settings_assigned_later_are_checked_and_defaults_follow(vfs):
+    """A setting assigned after construction acts like the same constructor argument: mode picks its value
+    function, R_c follows d and gamma follows dt while left to their defaults, None restores a default, and a bad
+    value is refused at the next call with the constructor's message."""
+    coop, worst = vfs["quadrotor"]["cooperative"], vfs["quadrotor"]["worst_case"]
+    x, u = _dense_scene(np.random.default_rng(3), n=40, side=6.0)
+
+    def same(a, b):
+        return all(np.array_equal(getattr(a, k), getattr(b, k)) for k in
+                   ("actions", "pair_value", "partner", "status", "n_in_conflict_range", "conflict_free"))
+
+    for name, value in [("mode", "worst_case"), ("safety_distance", 0.3), ("decision_period", 0.2),
+                        ("observation_range", 2.0), ("n_checks", 2), ("value_margin", 0.1), ("gamma_cbf", 1.0)]:
+        flt = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst, safety_distance=0.5)
+        flt.filter(x, u)
+        setattr(flt, name, value)
+        fresh = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst,
+                                    **{"safety_distance": 0.5, name: value})
+        assert same(flt.filter(x, u), fresh.filter(x, u)), name
+        assert (flt.conflict_range, flt.gamma_cbf) == (fresh.conflict_range, fresh.gamma_cbf), name
+    flt = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst, safety_distance=0.5)
+    default = flt.filter(x, u)
+    flt.value_margin = 0.3
+    flt.value_margin = None
+    assert same(flt.filter(x, u), default)
+    for name, value, match in [("mode", "bogus", "mode must be"), ("value_margin", math.nan, "value_margin"),
+                               ("observation_range", math.nan, "observation_range"), ("gamma_cbf", 1e6, "gamma_cbf"),
+                               ("gamma_cbf", -5.0, "gamma_cbf"), ("max_iter", -1, "max_iter"),
+                               ("n_checks", 0, "n_checks"), ("decision_period", 0.0, "decision_period"),
+                               ("conflict_range", math.nan, "conflict_range"), ("safety_distance", 5.0, "outside")]:
+        flt = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst, safety_distance=0.5)
+        setattr(flt, name, value)
+        with pytest.raises(ValueError, match=match):
+            flt.filter(x, u)
+        with pytest.raises(ValueError, match=match):
+            flt.filter_agent(x[0], u[0], x[1:])
 
 
 @pytest.mark.parametrize("name", ["quadrotor", "air_taxi"])
