@@ -104,3 +104,27 @@ def test_forensics_reports_the_encounter_like_the_simulator(layered):
     assert enc.history and enc.history[0][1] < 0
     s = rep.summary()
     assert s["encounters"] == 1 and s["crossing"] == {"none": 1} and s["with_third_agent_in_rc"] == 0
+
+
+def test_simulate_command_refuses_bad_arguments_before_running(tmp_path, capsys):
+    """Bad numbers are usage errors (argparse, exit 2), not tracebacks after the episodes; an --out that is a file
+    or --agents on a fixed-size scenario stop before any episode runs; a failed run leaves no empty directory."""
+    import argparse
+
+    parser = add_arguments(argparse.ArgumentParser())
+    for bad in (["--episodes", "0"], ["--episodes", "-2"], ["--seed", "-1"], ["--agents", "-5"], ["--episodes", "x"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["dense"] + bad)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "must be >=" in err or "expected an integer" in err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert run(parser.parse_args(["random", "--out", str(a_file)])) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert run(parser.parse_args(["random", "--agents", "10", "--out", str(tmp_path / "o")])) == 2
+    assert "dense scenario only" in capsys.readouterr().err
+    missing = tmp_path / "no_store_out"
+    assert run(parser.parse_args(["random", "--filter", "layered", "--episodes", "1", "--store",
+                                  str(tmp_path / "nonexistent"), "--out", str(missing)])) == 2
+    assert not missing.exists()

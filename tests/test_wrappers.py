@@ -173,3 +173,19 @@ def test_adapter_kernels_match_numpy():
     states[2, 1] = np.inf
     with pytest.raises(ValueError, match="NaN or inf"):
         _intervened(model, states, safe, ctrl)
+
+
+def test_reset_without_a_seed_starts_a_new_episode():
+    """reset() without a seed draws the next episode (Gymnasium's convention), reproducibly after a seeded reset;
+    reset(seed=s) replays episode s."""
+    env = NavigationEnv("random")
+    first, _ = env.reset(seed=7)
+    second, _ = env.reset()
+    assert not np.array_equal(first, second)
+    again, _ = env.reset(seed=7)
+    assert np.array_equal(first, again)
+    assert np.array_equal(env.reset()[0], second)
+    par = NavigationParallelEnv("random")
+    a, _ = par.reset(seed=3)
+    b, _ = par.reset()
+    assert not np.array_equal(a["agent_0"], b["agent_0"])

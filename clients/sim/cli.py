@@ -13,6 +13,7 @@ The store (``--store``, default ``$REACH_STORE`` or ``./store``) provides ``<mod
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -25,17 +26,30 @@ from .scenarios import SCENARIO_MODEL, SCENARIOS, make_scenario
 from .simulator import EpisodeResult, Simulator
 
 
+def _int_at_least(low: int):
+    """argparse type: an integer >= low (a usage error, not a traceback after the episodes ran)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("scenario", choices=sorted(SCENARIOS) + ["all"], help="scenario name, or all")
     parser.add_argument("--filter", default="all", choices=list(FILTER_NAMES) + ["all"],
                         help="safety filter to run (default: all, compared on the same episodes)")
-    parser.add_argument("--episodes", type=int, default=25, help="seeded episodes per filter (default 25)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
+    parser.add_argument("--episodes", type=_int_at_least(1), default=25, help="seeded episodes per filter (default 25)")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the first episode (default 0)")
     parser.add_argument("--out", default="out/simulate", help="output directory")
     parser.add_argument("--store", default=None, help="value-function store (default $REACH_STORE or ./store)")
     parser.add_argument("--spec", default=None,
                         help="value-function spec in the store (default: the scenario's model name)")
-    parser.add_argument("--agents", type=int, default=None, help="override the number of agents (dense only)")
+    parser.add_argument("--agents", type=_int_at_least(2), default=None, help="override the number of agents (dense only)")
     parser.add_argument("--no-plots", action="store_true", help="skip the trajectory PNGs")
     parser.add_argument("--animate", action="store_true",
                         help="also write an animated GIF of the first episode per filter (<scenario>_<filter>.gif)")
@@ -110,10 +124,10 @@ def run_scenario(name: str, filters: Sequence[str], episodes: int = 25, seed: in
 
 def write_outputs(name: str, rows: list[Row], results: dict[str, list[EpisodeResult]], notes: dict, out: Path,
                   plots: bool = True, animate: bool = False) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if not rows:
         return paths
+    out.mkdir(parents=True, exist_ok=True)
     probe = next(iter(results.values()))[0]
     md = [f"# {name}\n", f"{rows[0].n_agents} agents, d = {rows[0].safety_distance:g} m, R_c = "
           f"{notes['conflict_range']:.4g} m ({notes['conflict_range_source']}), {rows[0].episodes} episodes "
@@ -153,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
     names = sorted(SCENARIOS) if args.scenario == "all" else [args.scenario]
     filters = list(FILTER_NAMES) if args.filter == "all" else [args.filter]
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"reach simulate: --out {out} is a file, not a directory", file=sys.stderr)
+        return 2
+    if args.agents is not None and args.scenario not in ("dense", "all"):
+        print("reach simulate: --agents applies to the dense scenario only", file=sys.stderr)
+        return 2
     for name in names:
         kw = {"n_agents": args.agents} if (args.agents and name == "dense") else {}
         rows, results, notes = run_scenario(name, filters, episodes=args.episodes, seed=args.seed,

@@ -217,6 +217,7 @@ class _NavigationCore:
         self.scenario_kwargs = scenario_kwargs
         self.max_time = max_time
         self.seed = seed
+        self._episodes = np.random.default_rng(seed)    # the seeds of episodes reset without one
         self._build(seed)
 
     def _build(self, seed):
@@ -235,8 +236,14 @@ class _NavigationCore:
         self._prev_dist = self._dist()
 
     def reset(self, seed=None):
+        """A new episode: the scenario drawn with `seed`, or without one the next seed of a generator seeded by
+        the last seed given (Gymnasium's convention: reset(seed=s) then reset() ... replays the same sequence of
+        episodes, and vector envs' autoreset gets a new episode each time)."""
         if seed is not None:
+            self._episodes = np.random.default_rng(int(seed))
             self.seed = int(seed)
+        else:
+            self.seed = int(self._episodes.integers(2**31 - 1))
         self._build(self.seed)
 
     def _dist(self):
