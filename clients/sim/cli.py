@@ -96,6 +96,10 @@ def run_scenario(name: str, filters: Sequence[str], episodes: int = 25, seed: in
     notes["conflict_range"] = conflict_range
     rows: list[Row] = []
     results: dict[str, list[EpisodeResult]] = {}
+    # the simulator's own kernels compiled before any timing (else the first filter's step times carry it)
+    warm = Simulator(probe, model=model, conflict_range=conflict_range, record=False)
+    for _ in range(3):
+        warm.step()
     for fname in filters:
         if fname == "layered" and layered_inputs is None:
             notes["unavailable"]["layered"] = notes.get("store_error", "no store")
