@@ -189,3 +189,32 @@ def test_reset_without_a_seed_starts_a_new_episode():
     a, _ = par.reset(seed=3)
     b, _ = par.reset()
     assert not np.array_equal(a["agent_0"], b["agent_0"])
+
+
+def test_safety_counters_start_afresh_with_each_episode():
+    """info["safety"]'s near-collision / conflict percentages are the episode's: a reset (and a vector env's
+    autoreset) starts them again."""
+    env = NavigationEnv("two_lines")
+    model = env.model
+    wrapped = SafeJointEnv(env, NavigationAdapter(model),
+                           SafetyLayer(model, filter=make_filter("none", model), conflict_range=QUAD_CONFLICT_RANGE))
+    wrapped.reset(seed=0)
+    for _ in range(30):
+        wrapped.step(np.zeros(env.action_space.shape, np.float32))
+    assert wrapped.layer.counters.samples == 30 * 8
+    wrapped.reset(seed=1)
+    wrapped.step(np.zeros(env.action_space.shape, np.float32))
+    assert wrapped.layer.counters.samples == 8
+    vec = SafeVectorEnv(make_navigation_vector_env(2, "random", seed=0, max_time=0.5), NavigationAdapter(model),
+                        lambda: SafetyLayer(model, filter=make_filter("none", model),
+                                            conflict_range=QUAD_CONFLICT_RANGE))
+    vec.reset(seed=0)
+    acts = np.zeros((2, 4, 2), np.float32)
+    ended = False
+    for _ in range(8):
+        *_, term, trunc, _ = vec.step(acts)
+        if ended:      # the step after an episode's end is the first step of the next one
+            assert all(layer.counters.samples <= 4 for layer in vec.layers)
+            break
+        ended = bool(np.any(term | trunc))
+    assert ended

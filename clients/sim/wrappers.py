@@ -90,6 +90,12 @@ class SafetyLayer:
         self.counters = SafetyCounters(self.target_distance, self.target_conflict_range)
         self._built_d = self.target_distance
 
+    def new_episode(self) -> None:
+        """Start the episode's counters afresh (the wrappers call it at every reset of their env)."""
+        from clients.training import SafetyCounters
+
+        self.counters = SafetyCounters(self.target_distance, self.target_conflict_range)
+
     def before_step(self) -> None:
         """Hook 1: the curriculum (filter on/off, the stage's d and R_c; rebuilds the filter when d changes)."""
         if self.curriculum is None:
@@ -558,6 +564,7 @@ class SafeParallelEnv(ParallelEnv):
         return self.env.action_space(agent)
 
     def reset(self, seed=None, options=None):
+        self.layer.new_episode()
         return self.env.reset(seed=seed, options=options)
 
     def step(self, actions):
@@ -608,6 +615,10 @@ class SafeJointEnv(gym.Wrapper):
         self.adapter = adapter
         self.layer = layer
 
+    def reset(self, *, seed=None, options=None):
+        self.layer.new_episode()
+        return self.env.reset(seed=seed, options=options)
+
     def step(self, action):
         layer = self.layer
         layer.before_step()
@@ -634,12 +645,21 @@ class SafeVectorEnv(gym.vector.VectorWrapper):
         super().__init__(env)
         self.adapter = adapter
         self.layers = [layer_factory() for _ in range(env.num_envs)]
+        self._ended = np.zeros(env.num_envs, dtype=bool)     # sub-envs whose episode ended at the last step
+
+    def reset(self, *, seed=None, options=None):
+        for layer in self.layers:
+            layer.new_episode()
+        self._ended[:] = False
+        return self.env.reset(seed=seed, options=options)
 
     def _states(self):
         return self.adapter.vector_agent_states(self.env)
 
     def step(self, actions):
         actions = np.array(actions, dtype=np.float32, copy=True)
+        for e in np.flatnonzero(self._ended):    # autoreset: a new episode in that sub-env
+            self.layers[e].new_episode()
         diags = []
         for e, (layer, (ids, states)) in enumerate(zip(self.layers, self._states())):
             layer.before_step()
@@ -657,4 +677,5 @@ class SafeVectorEnv(gym.vector.VectorWrapper):
             summaries.append(summary)
         info = dict(info)
         info["safety"] = {k: np.array([s[k] for s in summaries]) for k in summaries[0]}
+        self._ended = np.asarray(term, bool) | np.asarray(trunc, bool)
         return obs, rew, term, trunc, info
