@@ -1441,7 +1441,13 @@ class LayeredSafetyFilter:
                 if nn.size != kk * m:
                     raise StateError(f"neighbor_nominal must have shape ({kk}, {m}), got {np.shape(neighbor_nominal)}")
                 nn = nn.reshape(kk, m)
-        nid = self._NO_IDS if neighbor_ids is None else np.asarray(neighbor_ids, dtype=np.int64).reshape(kk)
+        if neighbor_ids is None:
+            nid = self._NO_IDS
+        else:
+            nid = np.asarray(neighbor_ids, dtype=np.int64)
+            if nid.size != kk:
+                raise StateError(f"neighbor_ids must have one id per neighbour ({kk}), got shape {nid.shape}")
+            nid = nid.reshape(kk)
         resp = self._resp(kk + 1)[0]
         cfg = self._config()
         if out is None:

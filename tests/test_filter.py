@@ -479,6 +479,8 @@ def test_filter_agent_out_rewrites_one_result_and_settings_take_effect(vfs):
     assert after < before
     with pytest.raises(ValueError, match="responsibility"):
         flt.responsibility = -1.0
+    with pytest.raises(StateError, match="neighbor_ids must have one id per neighbour"):
+        flt.filter_agent(x[0], u[0], x[1:4], neighbor_ids=[5, 6])
 
 
 def _head_on(speed=0.9, gap=1.2):
