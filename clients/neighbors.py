@@ -25,13 +25,13 @@ def _cell_list(pos, radius):
         y0 = min(y0, pos[i, 1])
         x1 = max(x1, pos[i, 0])
         y1 = max(y1, pos[i, 1])
+    if not (x1 - x0 < math.inf and y1 - y0 < math.inf):
+        raise ValueError("positions must be finite and span less than the float range")
     if radius <= 0.0 and n > 0:
         w = x1 - x0
         v = y1 - y0
         radius = max(math.sqrt(w * v / n), max(w, v) / n, 1e-9)
     h = max(radius, 1e-12)
-    if not (x1 - x0 < math.inf and y1 - y0 < math.inf):
-        raise ValueError("positions must be finite and span less than the float range")
     # keep the number of cells O(N) for sparse, wide scenes (bigger cells stay correct: h >= radius); the counts
     # in floating point, as an integer product overflows for far-apart agents
     max_cells = 4 * n + 16

@@ -43,13 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("scenario", choices=sorted(SCENARIOS) + ["all"], help="scenario name, or all")
     parser.add_argument("--filter", default="all", choices=list(FILTER_NAMES) + ["all"],
                         help="safety filter to run (default: all, compared on the same episodes)")
-    parser.add_argument("--episodes", type=_int_at_least(1), default=25, help="seeded episodes per filter (default 25)")
+    parser.add_argument("--episodes", type=_int_at_least(1), default=25,
+                        help="seeded episodes per filter (default 25)")
     parser.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the first episode (default 0)")
     parser.add_argument("--out", default="out/simulate", help="output directory")
     parser.add_argument("--store", default=None, help="value-function store (default $REACH_STORE or ./store)")
     parser.add_argument("--spec", default=None,
                         help="value-function spec in the store (default: the scenario's model name)")
-    parser.add_argument("--agents", type=_int_at_least(2), default=None, help="override the number of agents (dense only)")
+    parser.add_argument("--agents", type=_int_at_least(2), default=None,
+                        help="override the number of agents (dense only)")
     parser.add_argument("--no-plots", action="store_true", help="skip the trajectory PNGs")
     parser.add_argument("--animate", action="store_true",
                         help="also write an animated GIF of the first episode per filter (<scenario>_<filter>.gif)")

@@ -72,8 +72,6 @@ class SafetyLayer:
     steps: int = 0
 
     def __post_init__(self):
-        from clients.training import SafetyCounters
-
         if self.safety_distance is None:
             self.safety_distance = float(getattr(self.filter, "safety_distance", None) or self.model.safety_distance)
         if self.conflict_range is None:
@@ -87,7 +85,7 @@ class SafetyLayer:
         self.target_conflict_range = float(self.conflict_range)
         self.filter_on = True
         self.stage = None
-        self.counters = SafetyCounters(self.target_distance, self.target_conflict_range)
+        self.new_episode()
         self._built_d = self.target_distance
 
     def new_episode(self) -> None:
