@@ -9,9 +9,9 @@ this code).
 
 Speed: the 4-D and 5-D kernels are unrolled with scalar accumulators, and the point kernels are compiled without
 numba's reference counting (`_nrt=False`: they allocate nothing), so a call from another kernel costs no atomic
-increments; one value + gradient lookup is about 70-90 ns when the grid rows are in cache. `interp_batch` locates
-blocks of points and prefetches their corner rows before summing them, which overlaps the memory latency of points
-spread over a grid larger than the caches (quadrotor 31^4: ~560 -> ~210 ns a point; benchmarks/client.py).
+increments. `interp_batch` locates blocks of points and prefetches their corner rows before summing them, which
+overlaps the memory latency of points spread over a grid larger than the caches (quadrotor 31^4: ~560 -> ~160-210
+ns a point; ~80-95 ns when the rows are in cache; benchmarks/client.py).
 
 Domain rules (docs/contract.md):
 - a periodic dimension (heading) wraps: any finite coordinate is accepted;
@@ -370,7 +370,50 @@ def interp_point(packed, lo, inv_dx, npts, periodic, strides, states, row, shift
                            rows, wts)
 
 
-BLOCK = 4   # points located and prefetched together in `interp_batch` (measured best of 2, 4, 8, 16)
+BLOCK = 8   # points located and prefetched together in `interp_batch` (measured best of 4, 8, 16)
+
+
+# `interp_batch`'s two passes over a block, as kernels of their own: inlined into its loop, the same code took
+# ~110 instead of ~75 ns a cache-resident 4-D point and 90 instead of 60 ns value-only (benchmarks/client.py).
+@njit(cache=True, nogil=True, _nrt=False)
+def _locate4(lo, inv_dx, npts, periodic, strides, states, p, packed, off, frac, k):
+    """Locate states[p] into row k of off (8 row offsets) and frac (4 fractions), prefetch its corner rows;
+    returns its status."""
+    st, a0, b0, a1, b1, a2, b2, a3, b3, t0, t1, t2, t3 = _axes4(lo, inv_dx, npts, periodic, strides, states, p)
+    off[k, 0], off[k, 1], off[k, 2], off[k, 3] = a0, b0, a1, b1
+    off[k, 4], off[k, 5], off[k, 6], off[k, 7] = a2, b2, a3, b3
+    frac[k, 0], frac[k, 1], frac[k, 2], frac[k, 3] = t0, t1, t2, t3
+    if st == OK:
+        _prefetch4(packed, a0, b0, a1, b1, a2, b2, a3, b3)
+    return st
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _sum_located4(packed, off, frac, k, shift, want_grad, grad_out):
+    """`_sum4` of the point `_locate4` put in row k."""
+    return _sum4(packed, off[k, 0], off[k, 1], off[k, 2], off[k, 3], off[k, 4], off[k, 5], off[k, 6], off[k, 7],
+                 frac[k, 0], frac[k, 1], frac[k, 2], frac[k, 3], shift, want_grad, grad_out)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _locate5(lo, inv_dx, npts, periodic, strides, states, p, packed, off, frac, k):
+    """`_locate4` for 5-D grids (10 row offsets, 5 fractions)."""
+    st, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, t0, t1, t2, t3, t4 = _axes5(lo, inv_dx, npts, periodic, strides,
+                                                                            states, p)
+    off[k, 0], off[k, 1], off[k, 2], off[k, 3], off[k, 4] = a0, b0, a1, b1, a2
+    off[k, 5], off[k, 6], off[k, 7], off[k, 8], off[k, 9] = b2, a3, b3, a4, b4
+    frac[k, 0], frac[k, 1], frac[k, 2], frac[k, 3], frac[k, 4] = t0, t1, t2, t3, t4
+    if st == OK:
+        _prefetch5(packed, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4)
+    return st
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _sum_located5(packed, off, frac, k, shift, want_grad, grad_out):
+    """`_sum5` of the point `_locate5` put in row k."""
+    return _sum5(packed, off[k, 0], off[k, 1], off[k, 2], off[k, 3], off[k, 4], off[k, 5], off[k, 6], off[k, 7],
+                 off[k, 8], off[k, 9], frac[k, 0], frac[k, 1], frac[k, 2], frac[k, 3], frac[k, 4], shift, want_grad,
+                 grad_out)
 
 
 @njit(cache=True, nogil=True)
@@ -391,46 +434,20 @@ def interp_batch(packed, lo, inv_dx, npts, periodic, strides, states, shift, wan
     first_bad = -1
     for p0 in range(0, N, BLOCK):
         p1 = min(p0 + BLOCK, N)
-        # the dimension test is loop-invariant (hoisted by the compiler): each n gets its own tight loop
-        if n == 4:
+        if n == 4 or n == 5:
             for p in range(p0, p1):
-                k = p - p0
-                st, a0, b0, a1, b1, a2, b2, a3, b3, t0, t1, t2, t3 = _axes4(lo, inv_dx, npts, periodic, strides,
-                                                                            states, p)
-                sts[k] = st
-                off[k, 0], off[k, 1], off[k, 2], off[k, 3] = a0, b0, a1, b1
-                off[k, 4], off[k, 5], off[k, 6], off[k, 7] = a2, b2, a3, b3
-                frac[k, 0], frac[k, 1], frac[k, 2], frac[k, 3] = t0, t1, t2, t3
-                if st == OK:
-                    _prefetch4(packed, a0, b0, a1, b1, a2, b2, a3, b3)
-            for p in range(p0, p1):
-                k = p - p0
-                if sts[k] == OK:
-                    v, st = _sum4(packed, off[k, 0], off[k, 1], off[k, 2], off[k, 3], off[k, 4], off[k, 5],
-                                  off[k, 6], off[k, 7], frac[k, 0], frac[k, 1], frac[k, 2], frac[k, 3], shift,
-                                  want_grad, g), OK
+                if n == 4:
+                    sts[p - p0] = _locate4(lo, inv_dx, npts, periodic, strides, states, p, packed, off, frac, p - p0)
                 else:
+                    sts[p - p0] = _locate5(lo, inv_dx, npts, periodic, strides, states, p, packed, off, frac, p - p0)
+            for p in range(p0, p1):
+                k = p - p0
+                if sts[k] != OK:
                     v, st = _not_ok(sts[k], g)
-                first_bad = _store(p, v, st, g, want_grad, values, grads, status, first_bad)
-        elif n == 5:
-            for p in range(p0, p1):
-                k = p - p0
-                st, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, t0, t1, t2, t3, t4 = _axes5(
-                    lo, inv_dx, npts, periodic, strides, states, p)
-                sts[k] = st
-                off[k, 0], off[k, 1], off[k, 2], off[k, 3], off[k, 4] = a0, b0, a1, b1, a2
-                off[k, 5], off[k, 6], off[k, 7], off[k, 8], off[k, 9] = b2, a3, b3, a4, b4
-                frac[k, 0], frac[k, 1], frac[k, 2], frac[k, 3], frac[k, 4] = t0, t1, t2, t3, t4
-                if st == OK:
-                    _prefetch5(packed, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4)
-            for p in range(p0, p1):
-                k = p - p0
-                if sts[k] == OK:
-                    v, st = _sum5(packed, off[k, 0], off[k, 1], off[k, 2], off[k, 3], off[k, 4], off[k, 5],
-                                  off[k, 6], off[k, 7], off[k, 8], off[k, 9], frac[k, 0], frac[k, 1], frac[k, 2],
-                                  frac[k, 3], frac[k, 4], shift, want_grad, g), OK
+                elif n == 4:
+                    v, st = _sum_located4(packed, off, frac, k, shift, want_grad, g), OK
                 else:
-                    v, st = _not_ok(sts[k], g)
+                    v, st = _sum_located5(packed, off, frac, k, shift, want_grad, g), OK
                 first_bad = _store(p, v, st, g, want_grad, values, grads, status, first_bad)
         else:
             for p in range(p0, p1):
