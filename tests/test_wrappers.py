@@ -164,12 +164,19 @@ def test_adapter_kernels_match_numpy():
     states = np.column_stack([rng.uniform(0, 100, (6, 2)), rng.uniform(-3, 3, 6), rng.uniform(30, 91, 6)])
     states[0, 3] = model.parameters.get("v_max", 90.03)  # at a speed bound: a state-dependent box
     ctrl = rng.uniform(-0.1, 2.0, size=(6, 2))
-    safe = ctrl.copy()
-    safe[[1, 3], 0] += np.array([1e-9, 0.05])
     lo, hi = model.agent_control_bounds(states)
-    want = np.any(np.abs(safe - ctrl) > 1e-6 * np.maximum(hi - lo, 1e-12), axis=1)
+    safe = np.clip(ctrl, lo, hi)
+    safe[[1, 3], 0] += np.array([1e-9, 0.05])
+    want = np.any(np.abs(safe - np.clip(ctrl, lo, hi)) > 1e-6 * np.maximum(hi - lo, 1e-12), axis=1)
     np.testing.assert_array_equal(_intervened(model, states, safe, ctrl), want)
     assert want.tolist() == [False, False, False, True, False, False]
+    # a proposal outside the box that the filter only clipped is no intervention; a change inside it is
+    wide = ctrl.copy()
+    wide[:, 0] = hi[:, 0] + 1.0
+    np.testing.assert_array_equal(_intervened(model, states, np.clip(wide, lo, hi), wide), np.zeros(6, bool))
+    moved = np.clip(wide, lo, hi)
+    moved[5, 0] -= 0.01 * (hi[5, 0] - lo[5, 0])
+    assert _intervened(model, states, moved, wide).tolist() == [False] * 5 + [True]
     states[2, 1] = np.inf
     with pytest.raises(ValueError, match="NaN or inf"):
         _intervened(model, states, safe, ctrl)
@@ -218,3 +225,35 @@ def test_safety_counters_start_afresh_with_each_episode():
             break
         ended = bool(np.any(term | trunc))
     assert ended
+
+
+def test_joint_env_names_its_per_agent_arrays_and_clipping_is_no_intervention():
+    """SafeJointEnv's per-agent penalty / intervened arrays come with the ids they belong to (agents leave at
+    their goal, so the airspace before and after a step differ), and a safety-blind layer that only clips full
+    thrust to the state-dependent box reports no intervention."""
+    env = NavigationEnv("two_lines", seed=0)
+    model = env.model
+    wrapped = SafeJointEnv(env, NavigationAdapter(model), _layer(model, "none", penalty_weight=1.0))
+    wrapped.reset(seed=0)
+    seen_clip = seen_leave = False
+    for _ in range(400):
+        idx, states = env.safety_states()
+        # full thrust towards the waypoints: beyond the box at the speed limit
+        full = np.zeros(env.action_space.shape, np.float32)
+        to_go = env.core.sim.current_targets(idx)[0] - states[:, :2]
+        far = np.hypot(*to_go.T)[:, None] > 1.0      # near a waypoint: the nominal tracker, so that agents arrive
+        full[idx] = np.where(far, np.sign(to_go), env.core.control_to_action(env.core.sim.nominal_controls(idx)))
+        lo, hi = model.agent_control_bounds(states)
+        proposed = NavigationAdapter(model).actions_to_controls(env, idx, full)
+        seen_clip |= bool(np.any((proposed > hi + 1e-9) | (proposed < lo - 1e-9)))
+        *_, term, trunc, info = wrapped.step(full)
+        s = info["safety"]
+        np.testing.assert_array_equal(s["intervened_ids"], idx)
+        assert s["intervened"].shape == (len(idx),) and not s["intervened"].any()
+        assert s["intervention_rate"] == 0.0
+        assert s["penalty"].shape == (len(s["penalty_ids"]),)
+        np.testing.assert_array_equal(s["penalty_ids"], env.safety_states()[0])
+        seen_leave |= len(s["penalty_ids"]) < len(idx)
+        if term or trunc:
+            break
+    assert seen_clip and seen_leave

@@ -254,7 +254,8 @@ class Simulator:
         t2 = time.perf_counter()
         lo, hi = self.model.agent_control_bounds(self.states[idx])
         span = np.maximum(hi - lo, 1e-12)
-        intervened = np.any(np.abs(safe - nominal) > 1e-6 * span, axis=1)
+        # against the nominal control clipped to the box: clipping alone is no intervention
+        intervened = np.any(np.abs(safe - np.clip(nominal, lo, hi)) > 1e-6 * span, axis=1)
         d = self.scenario.safety_distance
         h = self.dt / self.substeps
         min_near = np.full(idx.size, np.inf)

@@ -156,8 +156,9 @@ class SafetyLayer:
 
 
 def _intervened(model, states: np.ndarray, safe: np.ndarray, controls: np.ndarray) -> np.ndarray:
-    """(N,) bool: the applied control differs from the proposed one by more than 1e-6 of the state's control box
-    (`model.agent_control_bounds`), in one kernel; states must be finite (N, k)."""
+    """(N,) bool: the applied control differs from the proposed one clipped to the state's control box
+    (`model.agent_control_bounds`) by more than 1e-6 of the box, in one kernel (clipping alone is no intervention:
+    every filter, `none` included, applies controls inside the box); states must be finite (N, k)."""
     if states.ndim != 2 or states.shape[1] != model.n_agent_states:
         raise ValueError(f"agent_states must have shape (N, {model.n_agent_states}), got {states.shape}")
     out, ok = _intervened_kernel(model)(states, np.ascontiguousarray(safe), np.ascontiguousarray(controls))
@@ -191,7 +192,8 @@ def _intervened_kernel(model):
                 span = hi[i, z] - lo[i, z]
                 if span < 1e-12:
                     span = 1e-12
-                if abs(safe[i, z] - controls[i, z]) > 1e-6 * span:
+                proposed = min(max(controls[i, z], lo[i, z]), hi[i, z])
+                if abs(safe[i, z] - proposed) > 1e-6 * span:
                     out[i] = True
         return out, True
 
@@ -606,7 +608,9 @@ def _rate(x) -> float:
 
 class SafeJointEnv(gym.Wrapper):
     """Gymnasium wrapper for envs with a joint multi-agent action; the penalty sum is added to the scalar
-    reward (per-agent penalties in ``info["safety"]["penalty"]``)."""
+    reward. Per-agent arrays in ``info["safety"]``: ``penalty`` for the agents in the airspace after the step,
+    named by ``penalty_ids``, and ``intervened`` for those before it, named by ``intervened_ids`` (the adapter's
+    ids: agents leave the airspace during the step, so the two can differ)."""
 
     def __init__(self, env: gym.Env, adapter: StateAdapter, layer: SafetyLayer):
         super().__init__(env)
@@ -630,7 +634,9 @@ class SafeJointEnv(gym.Wrapper):
         info = dict(info)
         info["safety"] = summary
         summary["penalty"] = rep["penalty"]
+        summary["penalty_ids"] = ids_after
         summary["intervened"] = diag["intervened"]
+        summary["intervened_ids"] = ids
         return obs, float(rew) + summary["penalty_sum"], term, trunc, info
 
 
