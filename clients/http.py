@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -251,8 +252,10 @@ class ReachClient:
         default, gives exactly the embedded client's answer; ``float32`` halves the bytes). binary=False: JSON.
         """
         a = np.asarray(states, dtype=np.float64)
-        if a.ndim == 1:
+        if a.ndim == 1 and a.size:
             a = a[None, :]
+        if a.size == 0:
+            return self._empty_query(name, a, safety_distance, gradient)
         if a.ndim != 2:
             raise ValueError(f"states must have shape (N, n), got {np.shape(states)}")
         params: dict[str, Any] = {}
@@ -290,6 +293,23 @@ class ReachClient:
                            in_domain=table[:, 1] != 0.0,
                            safety_distance=float(resp.headers.get("x-reach-safety-distance", "nan")),
                            content_hash=_etag_hash(resp) or "")
+
+    def _empty_query(self, name: str, a: np.ndarray, safety_distance, gradient: bool) -> QueryResult:
+        """The answer to N = 0 states, as the embedded client gives it (empty arrays), from the metadata: the
+        service takes no empty body, and the name, the width and d are still checked."""
+        meta = self.metadata(name)
+        n = len(meta["state"])
+        if not (a.ndim == 1 or (a.ndim == 2 and a.shape[1] in (0, n))):
+            raise ValueError(f"states must have shape (N, {n}), got {a.shape}")
+        d = meta["default_safety_distance"] if safety_distance is None else float(safety_distance)
+        fixed = meta["safety_distance"]
+        if fixed != "shiftable" and not math.isclose(d, float(fixed), rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(f"{name} was computed for safety_distance={fixed} m; asking for {d} m is not allowed")
+        if not (math.isfinite(d) and d >= 0):
+            raise ValueError(f"safety_distance must be finite and >= 0, got {safety_distance}")
+        return QueryResult(name=name, value=np.empty(0), gradient=np.empty((0, n)) if gradient else None,
+                           in_domain=np.empty(0, dtype=bool), safety_distance=float(d),
+                           content_hash=meta["content_hash"])
 
     # ------------------------------------------------------------------ downloads
     def download(self, name: str, cache_dir: str | os.PathLike | None = None) -> Path:

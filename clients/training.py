@@ -78,6 +78,8 @@ def conflict_penalty(positions, velocities, safety_distance: float, conflict_ran
     d, rc, w = float(safety_distance), float(conflict_range), float(weight)
     if not (0.0 <= d < rc and math.isfinite(rc)):
         raise ValueError(f"need 0 <= safety_distance < conflict_range, got d={d}, R_c={rc}")
+    if not (math.isfinite(w) and w >= 0.0):
+        raise ValueError(f"weight must be finite and >= 0, got {weight}")
     return _penalty_kernel(pos, vel, d, rc, w)
 
 

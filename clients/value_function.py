@@ -150,10 +150,16 @@ class ValueFunction:
         return self.shift(safety_distance)
 
     def _states(self, states) -> np.ndarray:
-        try:
-            a = np.asarray(states, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise StateError(f"states must be numeric, shape (N, {self.n}): {exc}") from None
+        raw = states if isinstance(states, np.ndarray) else None
+        if raw is None:
+            try:
+                raw = np.asarray(states)
+            except (TypeError, ValueError) as exc:
+                raise StateError(f"states must be numeric, shape (N, {self.n}): {exc}") from None
+        # real numbers only: numpy would parse strings and drop imaginary parts (with only a warning)
+        if raw.dtype.kind not in "biuf":
+            raise StateError(f"states must be real numbers, shape (N, {self.n}); got dtype {raw.dtype}")
+        a = np.asarray(raw, dtype=np.float64)
         if a.ndim == 1 and a.shape[0] == self.n:
             a = a[None, :]
         if a.ndim != 2 or a.shape[1] != self.n:

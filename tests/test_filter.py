@@ -548,6 +548,10 @@ def test_input_errors(vfs, tiny_store):
         flt.filter(x, u[:1])
     with pytest.raises(StateError, match="NaN"):
         flt.filter_agent([0, 0, np.nan, 0], [0, 0], x[1:])
+    with pytest.raises(StateError, match="real numbers"):       # not silently the real part
+        flt.filter(x.astype(complex), u)
+    with pytest.raises(StateError, match="real numbers"):
+        flt.filter_agent(["0", "0", "0", "0"], [0, 0], x[1:])
     # a relative velocity outside a grid's bounds is an error, never extrapolation (tiny grid: +-1 m/s)
     tiny = ValueFunction.load(tiny_store, "quad_tiny/cooperative")
     small = LayeredSafetyFilter(QUAD, cooperative=tiny, safety_distance=0.5)

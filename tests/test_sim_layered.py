@@ -128,3 +128,27 @@ def test_simulate_command_refuses_bad_arguments_before_running(tmp_path, capsys)
     assert run(parser.parse_args(["random", "--filter", "layered", "--episodes", "1", "--store",
                                   str(tmp_path / "nonexistent"), "--out", str(missing)])) == 2
     assert not missing.exists()
+
+
+def test_simulate_interrupted_says_what_was_written(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in `reach simulate` (no checkpoint to resume from) names the scenarios already written; exit 130."""
+    import argparse
+
+    import clients.sim.cli as sim_cli
+
+    real = sim_cli.run_scenario
+
+    def interrupt_second(name, *a, **kw):
+        if name != "corridor":
+            raise KeyboardInterrupt
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(sim_cli, "run_scenario", interrupt_second)
+    monkeypatch.setattr(sim_cli, "SCENARIOS", {"corridor": None, "random": None})
+    parser = add_arguments(argparse.ArgumentParser())
+    out = tmp_path / "o"
+    assert run(parser.parse_args(["all", "--filter", "none", "--episodes", "1", "--no-plots",
+                                  "--out", str(out)])) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "corridor" in err and "checkpoint, if any" not in err
+    assert (out / "corridor.md").exists() and not (out / "random.md").exists()

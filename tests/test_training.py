@@ -39,6 +39,9 @@ def test_conflict_penalty_matches_eq17():
     assert np.all(two == 0)
     with pytest.raises(ValueError):
         conflict_penalty(pos, vel, 1.0, 0.5)
+    for w in (np.nan, -1.0, np.inf):      # a NaN weight would turn every penalty into NaN
+        with pytest.raises(ValueError, match="weight"):
+            conflict_penalty(pos, vel, 0.5, 1.0, weight=w)
 
 
 def test_positions_velocities_per_model():

@@ -179,6 +179,16 @@ def run(args: argparse.Namespace) -> int:
     if args.agents is not None and args.scenario not in ("dense", "all"):
         print("reach simulate: --agents applies to the dense scenario only", file=sys.stderr)
         return 2
+    done: list[str] = []
+    try:
+        return _run_scenarios(args, names, filters, out, done)
+    except KeyboardInterrupt:    # simulate has no checkpoint: say what was written
+        kept = f"the finished scenarios ({', '.join(done)}) are in {out}" if done else "nothing was written"
+        print(f"reach simulate: interrupted; {kept}", file=sys.stderr)
+        return 130
+
+
+def _run_scenarios(args, names, filters, out: Path, done: list[str]) -> int:
     for name in names:
         kw = {"n_agents": args.agents} if (args.agents and name == "dense") else {}
         rows, results, notes = run_scenario(name, filters, episodes=args.episodes, seed=args.seed,
@@ -192,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {p}")
         if args.filter == "layered" and not rows:
             return 2
+        done.append(name)
     return 0
 
 
