@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
@@ -105,16 +105,19 @@ class QueryRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    states: list[list[FiniteFloat]] = Field(
+    # strict: JSON numbers only (a string or a boolean is an error, not read as a number)
+    states: list[list[Annotated[FiniteFloat, Field(strict=True)]]] = Field(
         min_length=1,
         description="Relative states, one row per state, columns in the order of `state` in the metadata. "
-        "Must be finite; relative positions beyond the grid are allowed (value null, in_domain false).",
+        "Must be finite JSON numbers; relative positions beyond the grid are allowed (value null, in_domain "
+        "false).",
         examples=[[[1.0, 0.5, -0.2, 0.1]]],
     )
     safety_distance: float | None = Field(
         default=None,
         ge=0.0,
         allow_inf_nan=False,
+        strict=True,
         description="d (m); default: the value function's. Only shiftable grids accept another d.",
     )
     gradient: bool | None = Field(default=None, description="Also return dV/ds (default false).")

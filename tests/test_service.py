@@ -211,6 +211,9 @@ def _quad_row(**kw):
     ({"states": [_quad_row(vy=-1.5)]}, 422, ["vy", "outside"]),
     ({"states": []}, 422, ["states"]),
     ({"states": [["a", 1, 0, 0]]}, 422, ["states.0.0"]),
+    ({"states": [[0.5, "0.5", 0.1, 0.1]]}, 422, ["states.0.1", "number"]),     # a numeric string is not a number
+    ({"states": [[0.5, 0.5, True, 0.1]]}, 422, ["states.0.2"]),
+    ({"states": [_quad_row()], "safety_distance": "0.5"}, 422, ["safety_distance"]),
     ({"states": [_quad_row()], "safety_distance": -1}, 422, ["safety_distance", "greater than or equal"]),
     ({"states": [_quad_row()], "extra": 1}, 422, ["extra"]),
     ({"points": [_quad_row()]}, 422, ["states", "required"]),
