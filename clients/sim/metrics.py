@@ -6,7 +6,8 @@ Per episode (from :class:`clients.sim.simulator.EpisodeResult`):
 - conflict %: share of (agent, step) pairs with more than one other agent inside R_c at the end of the step;
 - travel time: mean over agents that reached their goal of (goal time - departure time), s;
 - goal reach %: agents that passed their last waypoint; waypoints: mean number passed per agent;
-- intervention %: share of (agent, step) pairs where the filter changed the nominal control;
+- intervention %: share of (agent, step) pairs where the filter changed the nominal control (clipped to the state's
+  box: clipping alone is no intervention);
 - mean separation: mean over (agent, step) of the nearest-neighbour distance; min separation: the episode minimum;
 - step time: wall time per decision step, split into environment and filter time.
 
