@@ -97,7 +97,7 @@ from numba import njit
 
 from clients import interp
 from clients.neighbors import neighbor_lists
-from clients.value_function import StateError, ValueFunction
+from clients.value_function import StateError, ValueFunction, real_array
 
 # per-agent status codes
 NO_PARTNER = 0      # no neighbour: nominal action (clipped to the box) applied
@@ -1479,10 +1479,4 @@ def _f64(x) -> np.ndarray:
     """x as a float64 array (no call when it is one already: the controller loop's common case)."""
     if type(x) is np.ndarray and x.dtype is _F64:
         return x
-    try:
-        a = np.asarray(x)
-    except (TypeError, ValueError) as exc:
-        raise StateError(f"states and actions must be numeric arrays: {exc}") from None
-    if a.dtype.kind not in "biuf":      # numpy would parse strings and drop imaginary parts
-        raise StateError(f"states and actions must be real numbers, got dtype {a.dtype}")
-    return np.asarray(a, dtype=np.float64)
+    return real_array(x, "states and actions")

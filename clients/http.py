@@ -251,10 +251,12 @@ class ReachClient:
         binary (default): the ``application/octet-stream`` form, little-endian ``dtype`` rows (``float64``, the
         default, gives exactly the embedded client's answer; ``float32`` halves the bytes). binary=False: JSON.
         """
-        a = np.asarray(states, dtype=np.float64)
-        if a.ndim == 1 and a.size:
+        from clients.value_function import real_array
+
+        a = real_array(states)
+        if a.ndim == 1:
             a = a[None, :]
-        if a.size == 0:
+        if a.ndim == 2 and a.shape[0] == 0:
             return self._empty_query(name, a, safety_distance, gradient)
         if a.ndim != 2:
             raise ValueError(f"states must have shape (N, n), got {np.shape(states)}")
@@ -299,7 +301,7 @@ class ReachClient:
         service takes no empty body, and the name, the width and d are still checked."""
         meta = self.metadata(name)
         n = len(meta["state"])
-        if not (a.ndim == 1 or (a.ndim == 2 and a.shape[1] in (0, n))):
+        if a.shape[1] != n:
             raise ValueError(f"states must have shape (N, {n}), got {a.shape}")
         d = meta["default_safety_distance"] if safety_distance is None else float(safety_distance)
         fixed = meta["safety_distance"]

@@ -22,6 +22,18 @@ class StateError(ValueError):
     """A state the value function cannot answer for: NaN, wrong shape, or a coordinate out of bounds."""
 
 
+def real_array(x, what: str = "states") -> np.ndarray:
+    """x as a float64 array; `StateError` unless it holds integers or floats (numpy would parse strings, drop
+    imaginary parts and read booleans as 0 / 1, with a warning at most)."""
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise StateError(f"{what} must be a numeric array: {exc}") from None
+    if a.dtype.kind not in "iuf":
+        raise StateError(f"{what} must be real numbers, got dtype {a.dtype}")
+    return np.asarray(a, dtype=np.float64)
+
+
 class ValueFunction:
     """A value function V0 (m) on a uniform grid; lookups return V_d = V0 - d (m) and its gradient.
 
@@ -150,16 +162,7 @@ class ValueFunction:
         return self.shift(safety_distance)
 
     def _states(self, states) -> np.ndarray:
-        raw = states if isinstance(states, np.ndarray) else None
-        if raw is None:
-            try:
-                raw = np.asarray(states)
-            except (TypeError, ValueError) as exc:
-                raise StateError(f"states must be numeric, shape (N, {self.n}): {exc}") from None
-        # real numbers only: numpy would parse strings and drop imaginary parts (with only a warning)
-        if raw.dtype.kind not in "biuf":
-            raise StateError(f"states must be real numbers, shape (N, {self.n}); got dtype {raw.dtype}")
-        a = np.asarray(raw, dtype=np.float64)
+        a = real_array(states, f"states (N, {self.n})")
         if a.ndim == 1 and a.shape[0] == self.n:
             a = a[None, :]
         if a.ndim != 2 or a.shape[1] != self.n:

@@ -100,10 +100,12 @@ def test_query_equals_embedded(client, tiny_store, name):
     one = client.query(name, s[0])  # a single state
     assert one.value.shape == (1,) and one.value[0] == vf.value(s[:1])[0]
     # no states: empty arrays, as the embedded client answers (the name and the width still checked)
-    for empty in (np.empty((0, vf.n)), []):
-        none = client.query(name, empty, gradient=True)
+    for binary in (True, False):
+        none = client.query(name, np.empty((0, vf.n)), gradient=True, binary=binary)
         assert none.value.shape == (0,) and none.gradient.shape == (0, vf.n) and none.in_domain.shape == (0,)
         assert none.content_hash == vf.content_hash and vf.value(np.empty((0, vf.n))).shape == (0,)
+    with pytest.raises(ValueError, match="real numbers"):
+        client.query(name, [["0.1"] * vf.n])
     with pytest.raises(ValueError, match=f"\\(N, {vf.n}\\)"):
         client.query(name, np.empty((0, vf.n + 1)))
     with pytest.raises(ReachNotFoundError):

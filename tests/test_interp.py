@@ -178,7 +178,7 @@ def test_errors_name_the_problem():
     assert vf.value(np.zeros(4)).shape == (1,)
     # only real numbers: numpy would parse strings and drop imaginary parts
     for bad in (np.zeros((1, 4), complex), [["0", "0", "0", "0"]], np.array([[0, 0, 0, 0]], dtype=object),
-                [[0.0, 0.0, None, 0.0]]):
+                [[0.0, 0.0, None, 0.0]], np.zeros((1, 4), bool)):
         with pytest.raises(StateError, match="real numbers"):
             vf.value(bad)
     assert vf.value(np.zeros((2, 4), dtype=np.int32)).shape == (2,) and vf.value([[0, 0, 0, 0]]).shape == (1,)
