@@ -861,10 +861,11 @@ def _build_kernels(model):
                 cost = c1[0]
                 vs = c1[1]
                 vd = c1[2]
-                ci = np.empty(n_comb_max + 2 * mm, dtype=np.int64)
+                ci = np.empty(2 * n_comb_max + 2 * mm, dtype=np.int64)
                 rows_p = ci[:n_comb_max]
                 n_lv = ci[n_comb_max:n_comb_max + mm]
-                digit = ci[n_comb_max + mm:]
+                digit = ci[n_comb_max + mm:n_comb_max + 2 * mm]
+                order = ci[n_comb_max + 2 * mm:]
                 lv = np.empty((2, mm, 3))
                 levels = lv[0]
                 lcost = lv[1]       # each level's term of the projection cost
@@ -906,7 +907,15 @@ def _build_kernels(model):
                     # in cost order (stable: equal costs keep the enumeration order), in chunks of doubling size:
                     # the first passing candidate is the cheapest passing one, so the search ends with the chunk
                     # that holds it; only when none passes are all candidates evaluated (for the largest slack)
-                    order = np.argsort(cost[:n_comb], kind="mergesort")
+                    # a stable insertion sort of the candidate indices by cost: at most 81, and no allocation or
+                    # compiled mergesort (807 instructions) in the kernel, unlike np.argsort
+                    for c in range(n_comb):
+                        oc = cost[c]
+                        k = c
+                        while k > 0 and cost[order[k - 1]] > oc:
+                            order[k] = order[k - 1]
+                            k -= 1
+                        order[k] = c
                     for c in range(n_comb):
                         for z in range(mm):
                             cand_s[c, z] = cand[order[c], z]
