@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -303,12 +302,10 @@ class ReachClient:
         n = len(meta["state"])
         if a.shape[1] != n:
             raise ValueError(f"states must have shape (N, {n}), got {a.shape}")
-        d = meta["default_safety_distance"] if safety_distance is None else float(safety_distance)
-        fixed = meta["safety_distance"]
-        if fixed != "shiftable" and not math.isclose(d, float(fixed), rel_tol=1e-9, abs_tol=1e-12):
-            raise ValueError(f"{name} was computed for safety_distance={fixed} m; asking for {d} m is not allowed")
-        if not (math.isfinite(d) and d >= 0):
-            raise ValueError(f"safety_distance must be finite and >= 0, got {safety_distance}")
+        from clients.value_function import effective_distance
+
+        fixed = None if meta["safety_distance"] == "shiftable" else float(meta["safety_distance"])
+        d = effective_distance(name, fixed, float(meta["default_safety_distance"]), safety_distance)
         return QueryResult(name=name, value=np.empty(0), gradient=np.empty((0, n)) if gradient else None,
                            in_domain=np.empty(0, dtype=bool), safety_distance=float(d),
                            content_hash=meta["content_hash"])

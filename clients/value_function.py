@@ -34,6 +34,21 @@ def real_array(x, what: str = "states") -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
+def effective_distance(name: str, fixed, default: float, requested=None, why: str = "") -> float:
+    """The safety distance d (m) a lookup of value function `name` answers for: a grid computed for one d
+    (`fixed`, gamma > 0) takes only that one, a shiftable grid (`fixed` None) any finite d >= 0, `default` when none
+    is requested; ValueError otherwise (`why` is added to the message of the first case)."""
+    if fixed is not None:
+        if requested is not None and not math.isclose(float(requested), fixed, rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(f"{name} was computed for safety_distance={fixed} m{why}; asking for {requested} m is "
+                             f"not allowed")
+        return fixed
+    d = default if requested is None else float(requested)
+    if not math.isfinite(d) or d < 0:
+        raise ValueError(f"safety_distance must be finite and >= 0, got {requested}")
+    return d
+
+
 class ValueFunction:
     """A value function V0 (m) on a uniform grid; lookups return V_d = V0 - d (m) and its gradient.
 
@@ -143,23 +158,13 @@ class ValueFunction:
     # ------------------------------------------------------------------ lookups
     def shift(self, safety_distance=None) -> float:
         """The constant subtracted from the stored value for distance d (m): d, or 0 for a gamma > 0 grid."""
-        if self.safety_distance is not None:
-            if safety_distance is not None and not math.isclose(float(safety_distance), self.safety_distance,
-                                                                 rel_tol=1e-9, abs_tol=1e-12):
-                raise ValueError(f"{self.name} was computed for safety_distance={self.safety_distance} m "
-                                 f"(gamma={self.gamma}); asking for {safety_distance} m is not allowed")
-            return 0.0
-        d = self.model.safety_distance if safety_distance is None else float(safety_distance)
-        if not math.isfinite(d) or d < 0:
-            raise ValueError(f"safety_distance must be finite and >= 0, got {safety_distance}")
-        return d
+        d = self.effective_safety_distance(safety_distance)
+        return 0.0 if self.safety_distance is not None else d
 
     def effective_safety_distance(self, safety_distance=None) -> float:
         """The d (m) that `value(states, safety_distance)` refers to."""
-        if self.safety_distance is not None:
-            self.shift(safety_distance)
-            return self.safety_distance
-        return self.shift(safety_distance)
+        return effective_distance(self.name, self.safety_distance, self.model.safety_distance, safety_distance,
+                                  f" (gamma={self.gamma})")
 
     def _states(self, states) -> np.ndarray:
         a = real_array(states, f"states (N, {self.n})")

@@ -133,7 +133,7 @@ def test_vector_env_wrapper():
 def test_adapter_kernels_match_numpy():
     """The joint-action fast paths of NavigationAdapter give exactly the numpy formulas (float32 and float64
     actions, NaN passing through), and fall back to numpy for negative or out-of-range ids."""
-    from clients.sim.wrappers import _intervened
+    from clients.sim.simulator import intervened_flags as _intervened
     from reach.models import get_model
 
     model = get_model("air_taxi")

@@ -181,28 +181,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     done: list[str] = []
     try:
-        return _run_scenarios(args, names, filters, out, done)
+        for name in names:
+            kw = {"n_agents": args.agents} if (args.agents and name == "dense") else {}
+            rows, results, notes = run_scenario(name, filters, episodes=args.episodes, seed=args.seed,
+                                                store=args.store, scenario_kwargs=kw, record=not args.no_plots,
+                                                spec=args.spec)
+            paths = write_outputs(name, rows, results, notes, out, plots=not args.no_plots,
+                                  animate=args.animate and not args.no_plots)
+            if rows:
+                print(markdown_table(rows))
+            for k, p in paths.items():
+                print(f"wrote {p}")
+            if args.filter == "layered" and not rows:
+                return 2
+            done.append(name)
     except KeyboardInterrupt:    # simulate has no checkpoint: say what was written
         kept = f"the finished scenarios ({', '.join(done)}) are in {out}" if done else "nothing was written"
         print(f"reach simulate: interrupted; {kept}", file=sys.stderr)
         return 130
-
-
-def _run_scenarios(args, names, filters, out: Path, done: list[str]) -> int:
-    for name in names:
-        kw = {"n_agents": args.agents} if (args.agents and name == "dense") else {}
-        rows, results, notes = run_scenario(name, filters, episodes=args.episodes, seed=args.seed,
-                                            store=args.store, scenario_kwargs=kw, record=not args.no_plots,
-                                            spec=args.spec)
-        paths = write_outputs(name, rows, results, notes, out, plots=not args.no_plots,
-                              animate=args.animate and not args.no_plots)
-        if rows:
-            print(markdown_table(rows))
-        for k, p in paths.items():
-            print(f"wrote {p}")
-        if args.filter == "layered" and not rows:
-            return 2
-        done.append(name)
     return 0
 
 

@@ -12,6 +12,7 @@ ends when every agent has reached its goal or at ``Scenario.max_time``.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,6 +32,52 @@ class SafetyFilter(Protocol):
     name: str
 
     def filter(self, states: np.ndarray, nominal: np.ndarray) -> tuple[np.ndarray, dict]: ...
+
+
+def intervened_flags(model, states: np.ndarray, safe: np.ndarray, controls: np.ndarray) -> np.ndarray:
+    """(N,) bool: the applied control differs from the proposed one clipped to the state's control box
+    (`model.agent_control_bounds`) by more than 1e-6 of the box, in one kernel (clipping alone is no intervention:
+    every filter, `none` included, applies controls inside the box); states must be finite (N, k)."""
+    if states.ndim != 2 or states.shape[1] != model.n_agent_states:
+        raise ValueError(f"agent_states must have shape (N, {model.n_agent_states}), got {states.shape}")
+    out, ok = _intervened_kernel(model)(states, np.ascontiguousarray(safe), np.ascontiguousarray(controls))
+    if not ok:
+        raise ValueError("agent_states contains NaN or inf")
+    return out
+
+
+_INTERVENED_KERNELS: dict = {}
+
+
+def _intervened_kernel(model):
+    """The intervention-flag kernel of a model (built once per model and process: it calls the model's bounds
+    kernel itself, one dispatch per step instead of two)."""
+    kernel = _INTERVENED_KERNELS.get(model.name)
+    if kernel is not None:
+        return kernel
+    bounds = model.kernels.agent_control_bounds
+
+    @njit(nogil=True)
+    def kernel(states, safe, controls):
+        n, m = safe.shape
+        out = np.zeros(n, dtype=np.bool_)
+        for i in range(n):
+            for z in range(states.shape[1]):
+                if not math.isfinite(states[i, z]):
+                    return out, False
+        lo, hi = bounds(states)
+        for i in range(n):
+            for z in range(m):
+                span = hi[i, z] - lo[i, z]
+                if span < 1e-12:
+                    span = 1e-12
+                proposed = min(max(controls[i, z], lo[i, z]), hi[i, z])
+                if abs(safe[i, z] - proposed) > 1e-6 * span:
+                    out[i] = True
+        return out, True
+
+    _INTERVENED_KERNELS[model.name] = kernel
+    return kernel
 
 
 @njit(cache=True)
@@ -252,14 +299,11 @@ class Simulator:
         else:
             safe, finfo = nominal, {}
         t2 = time.perf_counter()
-        lo, hi = self.model.agent_control_bounds(self.states[idx])
-        span = np.maximum(hi - lo, 1e-12)
-        # against the nominal control clipped to the box: clipping alone is no intervention
-        intervened = np.any(np.abs(safe - np.clip(nominal, lo, hi)) > 1e-6 * span, axis=1)
+        x = self.states[idx]
+        intervened = intervened_flags(self.model, x, safe, nominal)
         d = self.scenario.safety_distance
         h = self.dt / self.substeps
         min_near = np.full(idx.size, np.inf)
-        x = self.states[idx]
         # every sub-step: exact nearest distances below max(d, episode minimum so far) (what the near-collision
         # count and the minimum separation need)
         for sub in range(self.substeps):

@@ -22,7 +22,6 @@ sub-env). Built-in environments over :mod:`clients.sim.simulator` to test them: 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -33,7 +32,7 @@ from pettingzoo import ParallelEnv
 
 from .baselines import neighbours_within, world_velocity
 from .scenarios import SCENARIO_MODEL, make_scenario
-from .simulator import Simulator
+from .simulator import Simulator, intervened_flags
 
 
 # ------------------------------------------------------------------------------------------------ the protocol
@@ -122,7 +121,7 @@ class SafetyLayer:
         x = np.ascontiguousarray(states, dtype=np.float64)
         safe, info = self.filter.filter(x, controls)
         safe = np.asarray(safe, float)
-        diag = {"intervened": _intervened(self.model, x, safe, controls)}
+        diag = {"intervened": intervened_flags(self.model, x, safe, controls)}
         if isinstance(info, dict):
             for k, v in info.items():
                 if isinstance(v, np.ndarray) and v.shape[:1] == (n,):
@@ -153,52 +152,6 @@ class SafetyLayer:
             penalty, penalty_sum = np.zeros(n), 0.0
         return {"penalty": penalty, "near_collision": near, "conflict": conflict, "nearest": nearest,
                 "n_in_conflict_range": n_rc, "_rates": (n_near / n, n_conflict / n, penalty_sum)}
-
-
-def _intervened(model, states: np.ndarray, safe: np.ndarray, controls: np.ndarray) -> np.ndarray:
-    """(N,) bool: the applied control differs from the proposed one clipped to the state's control box
-    (`model.agent_control_bounds`) by more than 1e-6 of the box, in one kernel (clipping alone is no intervention:
-    every filter, `none` included, applies controls inside the box); states must be finite (N, k)."""
-    if states.ndim != 2 or states.shape[1] != model.n_agent_states:
-        raise ValueError(f"agent_states must have shape (N, {model.n_agent_states}), got {states.shape}")
-    out, ok = _intervened_kernel(model)(states, np.ascontiguousarray(safe), np.ascontiguousarray(controls))
-    if not ok:
-        raise ValueError("agent_states contains NaN or inf")
-    return out
-
-
-_INTERVENED_KERNELS: dict = {}
-
-
-def _intervened_kernel(model):
-    """The intervention-flag kernel of a model (built once per model and process: it calls the model's bounds
-    kernel itself, one dispatch per step instead of two)."""
-    kernel = _INTERVENED_KERNELS.get(model.name)
-    if kernel is not None:
-        return kernel
-    bounds = model.kernels.agent_control_bounds
-
-    @njit(nogil=True)
-    def kernel(states, safe, controls):
-        n, m = safe.shape
-        out = np.zeros(n, dtype=np.bool_)
-        for i in range(n):
-            for z in range(states.shape[1]):
-                if not math.isfinite(states[i, z]):
-                    return out, False
-        lo, hi = bounds(states)
-        for i in range(n):
-            for z in range(m):
-                span = hi[i, z] - lo[i, z]
-                if span < 1e-12:
-                    span = 1e-12
-                proposed = min(max(controls[i, z], lo[i, z]), hi[i, z])
-                if abs(safe[i, z] - proposed) > 1e-6 * span:
-                    out[i] = True
-        return out, True
-
-    _INTERVENED_KERNELS[model.name] = kernel
-    return kernel
 
 
 # ------------------------------------------------------------------------------------------------ built-in envs
