@@ -93,7 +93,7 @@ import math
 from typing import Optional
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from clients import interp
 from clients.neighbors import neighbor_lists
@@ -113,6 +113,7 @@ STATUS_NAMES = {NO_PARTNER: "no_partner", NOMINAL_SAFE: "nominal_safe", CORRECTE
 # kernel error codes (err[0]); codes >= interp.NAN_BASE are interpolation statuses
 _ERR_STATE = -2     # states[err[1], err[2]] is NaN or infinite
 _ERR_NOMINAL = -3   # nominal[err[1], err[2]] is NaN or infinite
+_ERR_IDS = -4       # input rows err[1] < err[2] of `filter_agent` have the same id
 
 
 # ------------------------------------------------------------------------------------------ closed-form QP
@@ -1091,6 +1092,11 @@ def _build_kernels(model):
             ids[r + 1] = nb_ids[r] if has_ids else r + 1
         N = K + 1
         err[:] = -1
+        if has_ids:     # a shared id would give two agents different views of their pair problem
+            for r in range(1, N):
+                for q in range(r):
+                    if ids[q] == ids[r]:
+                        return _ERR_IDS, q, r
         if not check_inputs(states, nominal, known, err):
             return err[0], err[1], err[2]
         r2 = fc[_F_OBS] * fc[_F_OBS]
@@ -1109,6 +1115,19 @@ def _build_kernels(model):
             io[0, 0] = io[0, 0] - 1 if io[0, 0] >= 1 else -1
         return err[0], err[1], err[2]
 
+    # The two entry points are compiled for these argument types only, and nothing else is compiled later: a
+    # read-only or strided input would otherwise compile another specialization, seconds inside a controller loop
+    # (the API copies such inputs instead). Grids: packed float32 rows (`interp.pack_grid`); config: `_pack_config`.
+    F1, F2 = types.Array(types.float64, 1, "C"), types.Array(types.float64, 2, "C")
+    I1, I2 = types.Array(types.int64, 1, "C"), types.Array(types.int64, 2, "C")
+    B1, B2 = types.Array(types.boolean, 1, "C"), types.Array(types.boolean, 2, "C")
+    P2 = types.Array(types.float32, 2, "C")
+    config = (P2, P2, P2, F1, I1, B1)
+    outputs = (F2, F2, I2, B2)
+    filter_all.compile((F2, F2, F1, types.boolean) + config + outputs + (I2,))
+    filter_agent.compile((F1, F1, F2, F2, I1, types.int64, F1) + config + outputs)
+    filter_all.disable_compile()
+    filter_agent.disable_compile()
     return filter_all, filter_agent
 
 
@@ -1211,6 +1230,8 @@ class LayeredSafetyFilter:
     one with the largest slack. The settings are read at every call: an attribute assigned later takes effect at the
     next call, which checks it like the constructor argument (ValueError) and re-derives the defaults that depend
     on it (R_c after d, gamma_cbf after dt, the value margin after mode; None restores a default).
+    The first filter of a model in a process compiles its kernels (about 20 s on a 2-core host), so that no
+    call of `filter` or `filter_agent` compiles anything later (a stall in a controller loop).
     """
 
     def __init__(self, model, cooperative: ValueFunction | None = None, worst_case: ValueFunction | None = None,
@@ -1391,6 +1412,9 @@ class LayeredSafetyFilter:
             raise StateError(f"{states_name}[{int(err[1])}, {int(err[2])}] is NaN or infinite")
         if code == _ERR_NOMINAL:
             raise StateError(f"{nominal_name}[{int(err[1])}, {int(err[2])}] is NaN or infinite")
+        if code == _ERR_IDS:
+            raise StateError(f"ego_id and neighbor_ids must be distinct: rows {int(err[1])} and {int(err[2])} (ego 0, "
+                             "neighbours 1..K) have the same id")
         kind, dim = interp.decode_status(code, self.vf.state_names)
         raise StateError(f"relative state of agent {int(err[2])} seen from agent {int(err[1])}: "
                          f"{self.vf.state_names[dim]} is {'NaN' if kind == 'nan' else 'outside the grid bounds'} "
@@ -1407,7 +1431,11 @@ class LayeredSafetyFilter:
         cfg = self._config()
         out = self._outputs(n)
         pairs = np.empty((n // 2, 2), dtype=np.int64)
-        err = self._filter_all(x, u, resp, uniform, *cfg, *out, pairs)
+        try:
+            err = self._filter_all(x, u, resp, uniform, *cfg, *out, pairs)
+        except TypeError:       # read-only inputs: not the compiled types
+            x, u, resp = _compiled_layout(x, u, resp)
+            err = self._filter_all(x, u, resp, uniform, *cfg, *out, pairs)
         if err[0] != -1:
             self._raise(err)
         return FilterResult(*out, pairs[:err[3]], self._diagnostics)
@@ -1453,10 +1481,14 @@ class LayeredSafetyFilter:
         if neighbor_ids is None:
             nid = self._NO_IDS
         else:
-            nid = np.asarray(neighbor_ids, dtype=np.int64)
+            nid = np.asarray(neighbor_ids)
             if nid.size != kk:
                 raise StateError(f"neighbor_ids must have one id per neighbour ({kk}), got shape {nid.shape}")
-            nid = nid.reshape(kk)
+            if nid.dtype.kind not in "iu" and nid.size:
+                raise StateError(f"neighbor_ids must be integers, got dtype {nid.dtype}")
+            nid = nid.astype(np.int64, copy=False).reshape(kk)
+        if not _is_int(ego_id) or not -2**63 <= ego_id < 2**63:
+            raise StateError(f"ego_id must be a 64-bit integer, got {ego_id!r}")
         resp = self._resp(kk + 1)[0]
         cfg = self._config()
         if out is None:
@@ -1465,8 +1497,13 @@ class LayeredSafetyFilter:
             raise ValueError("out must be the FilterResult of an earlier filter_agent call of this filter")
         else:
             out._diagnostics = self._diagnostics
-        err = self._filter_agent(ego, en, others, nn, nid, int(ego_id), resp, *cfg, out.actions, out._fo, out._io,
-                                 out._bo)
+        try:
+            err = self._filter_agent(ego, en, others, nn, nid, ego_id, resp, *cfg, out.actions, out._fo, out._io,
+                                     out._bo)
+        except TypeError:       # read-only or strided inputs: not the compiled types
+            ego, en, others, nn, nid, resp = _compiled_layout(ego, en, others, nn, nid, resp)
+            err = self._filter_agent(ego, en, others, nn, nid, ego_id, resp, *cfg, out.actions, out._fo, out._io,
+                                     out._bo)
         if err[0] != -1:
             self._raise(err, nominal_name="nominal (ego 0, neighbours 1..K)")
         return out
@@ -1482,6 +1519,12 @@ def _is_real(x) -> bool:
 
 def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _compiled_layout(*arrays) -> tuple:
+    """The arrays as the kernels' compiled argument types take them: C-contiguous and writeable (copies of the
+    others)."""
+    return tuple(a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C") for a in arrays)
 
 
 def _f64(x) -> np.ndarray:

@@ -483,6 +483,56 @@ def test_filter_agent_out_rewrites_one_result_and_settings_take_effect(vfs):
         flt.filter_agent(x[0], u[0], x[1:4], neighbor_ids=[5, 6])
 
 
+
+def test_read_only_and_strided_inputs_give_the_same_result_without_recompiling(vfs):
+    """Read-only, strided and Fortran-ordered inputs (arrays from zarr, np.broadcast_to, column slices) give the
+    results of plain arrays, and the kernels never compile another specialization (seconds in a controller loop;
+    before, read-only states made `filter` fail inside numba)."""
+    coop, worst = vfs["quadrotor"]["cooperative"], vfs["quadrotor"]["worst_case"]
+    flt = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst, safety_distance=0.5)
+    x, u = _dense_scene(np.random.default_rng(8), n=40, side=7.0)
+
+    def frozen(a):
+        a = np.array(a)
+        a.flags.writeable = False
+        return a
+
+    fields = ("actions", "partner", "pair_value", "status", "margin", "conflict_free")
+    ref = flt.filter(x, u)
+    for xs, us in ((frozen(x), frozen(u)), (np.asfortranarray(x), u), (np.hstack([x, x])[:, :4], frozen(u))):
+        got = flt.filter(xs, us)
+        for f in fields:
+            assert np.array_equal(getattr(ref, f), getattr(got, f)), f
+    one = flt.filter_agent(x[0], u[0], x[1:], u[1:], ego_id=0, neighbor_ids=np.arange(1, 40))
+    wide, uwide = np.hstack([x, x]), np.hstack([u, u])
+    for args in ((frozen(x[0]), frozen(u[0]), frozen(x[1:]), frozen(u[1:])),
+                 (np.repeat(x[0], 2)[::2], uwide[0, 2:], np.asfortranarray(x[1:]), uwide[1:, :2]),
+                 (x[0], u[0], wide[1:, :4], np.asfortranarray(u[1:]))):
+        got = flt.filter_agent(*args, ego_id=0, neighbor_ids=frozen(np.arange(1, 40)))
+        for f in fields:
+            assert np.array_equal(getattr(one, f), getattr(got, f)), f
+    assert len(flt._filter_all.signatures) == 1 and len(flt._filter_agent.signatures) == 1
+
+
+def test_filter_agent_refuses_bad_ids(vfs):
+    """ids order the cooperative pair problem: they must be integers and distinct (a shared id would give the two
+    agents different views of their pair problem)."""
+    flt = LayeredSafetyFilter(QUAD, cooperative=vfs["quadrotor"]["cooperative"], safety_distance=0.5)
+    ego, nb = np.zeros(4), np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.5, 0.0, 0.0]])
+    with pytest.raises(StateError, match="distinct: rows 0 and 2"):
+        flt.filter_agent(ego, np.zeros(2), nb, ego_id=3, neighbor_ids=[4, 3])
+    with pytest.raises(StateError, match="distinct: rows 1 and 2"):
+        flt.filter_agent(ego, np.zeros(2), nb, ego_id=0, neighbor_ids=[4, 4])
+    with pytest.raises(StateError, match="neighbor_ids must be integers"):
+        flt.filter_agent(ego, np.zeros(2), nb, ego_id=0, neighbor_ids=[1.0, 2.7])
+    for bad in (1.5, "a", True, None, 2**70):
+        with pytest.raises(StateError, match="ego_id must be a 64-bit integer"):
+            flt.filter_agent(ego, np.zeros(2), nb, ego_id=bad, neighbor_ids=[1, 2])
+    a = flt.filter_agent(ego, np.zeros(2), nb, ego_id=np.int32(0), neighbor_ids=np.array([1, 2], np.int32))
+    b = flt.filter_agent(ego, np.zeros(2), nb, ego_id=0, neighbor_ids=[1, 2])
+    assert np.array_equal(a.actions, b.actions) and a.partner[0] == b.partner[0] == 0
+
+
 def _head_on(speed=0.9, gap=1.2):
     return np.array([[0.0, 0.0, speed, 0.0], [gap, 0.0, -speed, 0.0]])
 
