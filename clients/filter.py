@@ -1487,7 +1487,7 @@ class LayeredSafetyFilter:
             if nid.dtype.kind not in "iu" and nid.size:
                 raise StateError(f"neighbor_ids must be integers, got dtype {nid.dtype}")
             nid = nid.astype(np.int64, copy=False).reshape(kk)
-        if not _is_int(ego_id) or not -2**63 <= ego_id < 2**63:
+        if not (type(ego_id) is int or _is_int(ego_id)) or not -2**63 <= ego_id < 2**63:
             raise StateError(f"ego_id must be a 64-bit integer, got {ego_id!r}")
         resp = self._resp(kk + 1)[0]
         cfg = self._config()
