@@ -241,7 +241,7 @@ def _table_cell(S, p, n, lo, inv_dx, npts, periodic, table_strides):
         mq = npts[q]
         u = (S[p, q] - lo[q]) * inv_dx[q]
         if periodic[q]:
-            u = u - math.floor(u / mq) * mq
+            u = interp.wrapped_cells(S[p, q], u, lo[q], inv_dx[q], mq)
             i0 = min(max(int(math.floor(u)), 0), mq - 1)
         else:
             top = mq - 1

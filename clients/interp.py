@@ -101,6 +101,15 @@ def make_scratch(n):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def wrapped_cells(x, u, lo, inv_dx, m):
+    """A periodic coordinate x in cells from lo, u = (x - lo) * inv_dx, reduced to [0, m] (m cells per period)."""
+    if abs(u) < 6.7e7:      # the reduction's rounding, ~ulp(u), stays below 1e-8 of a cell
+        return u - math.floor(u / m) * m
+    r = np.fmod(x - lo, m / inv_dx) * inv_dx      # many turns (u may have overflowed): exact reduction of x
+    return r + m if r < 0.0 else r
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _axis(x, d, lo, inv_dx, npts, periodic, strides):
     """One coordinate x of dim d -> (status, row offset of the lower node, of the upper node, fraction t).
 
@@ -110,7 +119,7 @@ def _axis(x, d, lo, inv_dx, npts, periodic, strides):
     m = npts[d]
     u = (x - lo[d]) * inv_dx[d]
     if periodic[d]:
-        u = u - math.floor(u / m) * m
+        u = wrapped_cells(x, u, lo[d], inv_dx[d], m)
         i0 = int(math.floor(u))
         if i0 >= m:
             i0 = m - 1

@@ -38,12 +38,17 @@ def effective_distance(name: str, fixed, default: float, requested=None, why: st
     """The safety distance d (m) a lookup of value function `name` answers for: a grid computed for one d
     (`fixed`, gamma > 0) takes only that one, a shiftable grid (`fixed` None) any finite d >= 0, `default` when none
     is requested; ValueError otherwise (`why` is added to the message of the first case)."""
+    if requested is not None and type(requested) is not float:
+        a = np.asarray(requested, dtype=object if isinstance(requested, (list, tuple)) else None)
+        if a.ndim != 0 or a.dtype.kind not in "iuf":        # not a string, a boolean or an array of several
+            raise ValueError(f"safety_distance must be a real number (m), got {requested!r}")
+        requested = float(a)
     if fixed is not None:
-        if requested is not None and not math.isclose(float(requested), fixed, rel_tol=1e-9, abs_tol=1e-12):
+        if requested is not None and not math.isclose(requested, fixed, rel_tol=1e-9, abs_tol=1e-12):
             raise ValueError(f"{name} was computed for safety_distance={fixed} m{why}; asking for {requested} m is "
                              f"not allowed")
         return fixed
-    d = default if requested is None else float(requested)
+    d = default if requested is None else requested
     if not math.isfinite(d) or d < 0:
         raise ValueError(f"safety_distance must be finite and >= 0, got {requested}")
     return d

@@ -120,7 +120,7 @@ class QueryRequest(BaseModel):
         strict=True,
         description="d (m); default: the value function's. Only shiftable grids accept another d.",
     )
-    gradient: bool | None = Field(default=None, description="Also return dV/ds (default false).")
+    gradient: bool | None = Field(default=None, strict=True, description="Also return dV/ds (default false).")
 
 
 class QueryOptions(BaseModel):

@@ -114,6 +114,13 @@ def options(query_params, headers) -> QueryOptions:
         value = query_params.get(name) if where == "query" else headers.get(name)
         if value is not None:
             raw[field] = value
+    known = {name for where, name in QueryOptions.SOURCES.values() if where == "query"}
+    for name in query_params.keys():
+        if name not in known:
+            raw[name] = query_params[name]      # a misspelt option is an error (extra="forbid"), not ignored
+        elif len(query_params.getlist(name)) > 1:
+            raise ServiceError(422, "invalid_input", f"query parameter {name!r}: given "
+                               f"{len(query_params.getlist(name))} times; give it once")
     try:
         return QueryOptions.model_validate(raw)
     except ValidationError as exc:

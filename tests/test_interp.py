@@ -108,6 +108,10 @@ def test_safety_distance_shift_and_default():
     np.testing.assert_array_equal(g0, g1)
     with pytest.raises(ValueError):
         vf.value(pts, -1.0)
+    assert vf.value(pts, np.float32(0.25))[0] == vf.value(pts, 0.25)[0] and vf.value(pts, 1)[0] == vf.value(pts, 1.0)[0]
+    for bad in ("0.3", True, np.array([0.3]), [0.3], object()):      # read as 0.3 or 1 before, or a bare TypeError
+        with pytest.raises(ValueError, match="safety_distance must be a real number"):
+            vf.value(pts, bad)
 
 
 def test_periodic_heading_wraps():
@@ -139,6 +143,30 @@ def test_periodic_heading_wraps():
     # any finite heading is in the domain
     p[0, 2] = 123.4
     assert vf.in_domain(p)[0]
+
+
+def test_huge_headings_wrap_exactly():
+    """Headings of many turns (up to the largest float) answer for the heading they are, reduced exactly,
+    never extrapolate nor give NaN (before, (x - lo) / dx lost the cell beyond ~1e16 and overflowed near 1e308)."""
+    rng = np.random.default_rng(3)
+    nth = 8
+    th = -math.pi + 2 * math.pi * np.arange(nth) / nth
+    coords = [np.linspace(-3000, 3000, 7), np.linspace(-3000, 3000, 7), th,
+              np.linspace(30.87, 90.03, 3), np.linspace(30.87, 90.03, 3)]
+    value = rng.normal(size=tuple(len(c) for c in coords))
+    grad = rng.normal(size=value.shape + (5,))
+    vf = ValueFunction.from_dataset(make_dataset("air_taxi", "cooperative", coords, value, grad))
+    lo, inv_dx, npts = (a[2] for a in vf._geom[:3])
+    period = npts / inv_dx      # the grid's period as the kernel holds it (a float near 2 pi)
+    for heading in (1e7, -3e9, 1e20, -1e20, 1.7e308, -1.7e308, 4.4e15 * math.pi):
+        p = np.array([[100.0, -250.0, heading, 40.0, 80.0]])
+        q = p.copy()
+        q[0, 2] = lo + math.fmod(heading - lo, period) % period     # the same heading, in [lo, lo + period)
+        v, g = vf.value_and_gradient(p, 0.0)
+        vq, gq = vf.value_and_gradient(q, 0.0)
+        assert vf.in_domain(p)[0] and np.isfinite(v[0]) and abs(v[0]) <= np.abs(value).max() + 1e-6
+        np.testing.assert_allclose(v, vq, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(g, gq, rtol=1e-6, atol=1e-6)
 
 
 def test_beyond_position_extent_is_no_interaction():

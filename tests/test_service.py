@@ -216,6 +216,8 @@ def _quad_row(**kw):
     ({"states": [_quad_row()], "safety_distance": "0.5"}, 422, ["safety_distance"]),
     ({"states": [_quad_row()], "safety_distance": -1}, 422, ["safety_distance", "greater than or equal"]),
     ({"states": [_quad_row()], "extra": 1}, 422, ["extra"]),
+    ({"states": [_quad_row()], "gradient": "yes"}, 422, ["gradient", "boolean"]),   # JSON true / false only
+    ({"states": [_quad_row()], "gradient": 1}, 422, ["gradient", "boolean"]),
     ({"points": [_quad_row()]}, 422, ["states", "required"]),
     ([1, 2], 422, ["object"]),
 ])
@@ -287,6 +289,11 @@ def test_safety_distance_parameters(client, vfs):
     assert_error(r, 400, "safety_distance", "both")
     for bad in ("-1", "nan", "inf", "abc"):
         assert_error(post_binary(client, QUAD, s, params={"safety_distance": bad}), 422, "safety_distance")
+    # a misspelt option is an error, not ignored; so is an option given twice (which one would count?)
+    r = client.post(f"{V1}/{QUAD}/query", json={"states": s.tolist()}, params={"gradeint": "true"})
+    assert_error(r, 422, "query parameter 'gradeint'", "not permitted")
+    r = client.post(f"{V1}/{QUAD}/query?safety_distance=0.2&safety_distance=0.3", json={"states": s.tolist()})
+    assert_error(r, 422, "query parameter 'safety_distance'", "2 times")
 
 
 def test_unknown_and_invalid_names(client):
