@@ -13,6 +13,8 @@ import math
 import numpy as np
 from numba import njit
 
+from clients.value_function import real_array
+
 
 @njit(cache=True, nogil=True)
 def _cell_list(pos, radius):
@@ -194,7 +196,7 @@ def nearest_distances(pos, nearest):
 
 def neighbors(positions, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Validated wrapper: positions (N, 2) finite, radius > 0 -> (indptr, indices)."""
-    pos = np.ascontiguousarray(np.asarray(positions, dtype=np.float64))
+    pos = np.ascontiguousarray(real_array(positions, "positions"))
     if pos.ndim != 2 or pos.shape[1] != 2:
         raise ValueError(f"positions must have shape (N, 2), got {pos.shape}")
     if not np.all(np.isfinite(pos)):

@@ -13,13 +13,14 @@ import numpy as np
 from numba import njit
 
 from clients.neighbors import nearest_distances, neighbor_lists
+from clients.value_function import real_array
 
 
 def agent_positions_velocities(model, states) -> tuple[np.ndarray, np.ndarray]:
     """World-frame positions (N, 2) and velocities (N, 2) of agent states for `model` (a reach Model or name)."""
     from reach.models import get_model
     model = get_model(model) if isinstance(model, str) else model
-    x = np.asarray(states, dtype=np.float64)
+    x = real_array(states, "states")
     if x.ndim != 2 or x.shape[1] != model.n_agent_states:
         raise ValueError(f"states must have shape (N, {model.n_agent_states}), got {x.shape}")
     pos = np.ascontiguousarray(x[:, :2])
@@ -69,8 +70,8 @@ def conflict_penalty(positions, velocities, safety_distance: float, conflict_ran
     closing speed cdot_ij = |min(0, <(p_j - p_i) / d_ij, v_j - v_i>)|, penalty_i = -w sum_j c_ij cdot_ij,
     applied only when two or more neighbours are inside R_c (else 0).
     """
-    pos = np.ascontiguousarray(np.asarray(positions, dtype=np.float64))
-    vel = np.ascontiguousarray(np.asarray(velocities, dtype=np.float64))
+    pos = np.ascontiguousarray(real_array(positions, "positions"))
+    vel = np.ascontiguousarray(real_array(velocities, "velocities"))
     if pos.ndim != 2 or pos.shape[1] != 2 or vel.shape != pos.shape:
         raise ValueError(f"positions and velocities must both have shape (N, 2), got {pos.shape}, {vel.shape}")
     if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(vel))):
@@ -100,7 +101,8 @@ class CurriculumSchedule:
     total_steps: training length; filter_start: fraction of training with the filter off; distances: the
     safety distances of the filter-on stages (ascending, ending at the target; default n_stages equal steps
     target/n, 2 target/n, ..., target); conflict_range: a `ValueFunction` with an R_c table or a callable
-    d -> R_c(d). Every stage's R_c is computed up front (an error names a d the table does not cover).
+    d -> R_c(d). Distances in m, finite and > 0. Every stage's R_c is computed up front (an error names a d the
+    table does not cover, or whose R_c is not finite and > d: the penalty's ramp (R_c - d) needs it).
     """
 
     def __init__(self, total_steps: int, target_distance: float, conflict_range, filter_start: float = 0.3,
@@ -111,19 +113,23 @@ class CurriculumSchedule:
         if not 0.0 <= filter_start < 1.0:
             raise ValueError("filter_start must be in [0, 1)")
         target = float(target_distance)
+        if not (math.isfinite(target) and target > 0):
+            raise ValueError(f"target_distance must be finite and > 0 m, got {target_distance}")
         if distances is None:
             if int(n_stages) < 1:
                 raise ValueError("n_stages must be >= 1")
             distances = [target * (k + 1) / int(n_stages) for k in range(int(n_stages))]
-        dist = [float(x) for x in distances]
-        if not dist or any(b < a for a, b in zip(dist, dist[1:])) or dist[0] <= 0 or \
-                not math.isclose(dist[-1], target):
-            raise ValueError(f"distances must be positive, ascending and end at the target {target}: {dist}")
+        dist = real_array(distances, "distances")
+        # written so that NaN fails every test (a comparison with NaN is False, which `b < a` would let pass)
+        if dist.ndim != 1 or not dist.size or not np.all(np.isfinite(dist) & (dist > 0)) or \
+                not np.all(dist[1:] >= dist[:-1]) or not math.isclose(dist[-1], target):
+            raise ValueError(f"distances must be finite, positive, ascending and end at the target {target}: "
+                             f"{dist.tolist()}")
         rc_fn: Callable[[float], float] = conflict_range.conflict_range if hasattr(conflict_range,
                                                                                     "conflict_range") \
             else conflict_range
-        self.distances = tuple(dist)
-        self.conflict_ranges = tuple(float(rc_fn(x)) for x in dist)
+        self.distances = tuple(float(x) for x in dist)
+        self.conflict_ranges = tuple(conflict_range_at(rc_fn, x) for x in self.distances)
         self.filter_start_step = int(round(filter_start * self.total_steps))
         self.n_stages = len(dist)
 
@@ -137,6 +143,19 @@ class CurriculumSchedule:
         on_steps = max(self.total_steps - self.filter_start_step, 1)
         k = min((step - self.filter_start_step) * self.n_stages // on_steps, self.n_stages - 1)
         return CurriculumStage(True, self.distances[k], self.conflict_ranges[k], k + 1)
+
+
+def conflict_range_at(rc_fn: Callable[[float], float], d: float) -> float:
+    """R_c(d) (m) from a callable d -> R_c(d) (a curriculum stage's, `clients.sim.SafetyLayer`'s); ValueError unless
+    it is a finite number > d."""
+    rc = rc_fn(d)
+    try:
+        rc = float(rc)
+    except (TypeError, ValueError):
+        raise ValueError(f"conflict_range({d}) must be a number (m), got {rc!r}") from None
+    if not (math.isfinite(rc) and rc > d):
+        raise ValueError(f"conflict_range({d}) = {rc}: R_c must be finite and > the safety distance")
+    return rc
 
 
 # ------------------------------------------------------------------------------------------------ counters
@@ -209,7 +228,7 @@ class SafetyCounters:
         return self._count(positions, True)
 
     def _count(self, positions, want_nearest: bool):
-        pos = np.asarray(positions, dtype=np.float64)
+        pos = real_array(positions, "positions")
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise ValueError("positions must be finite with shape (N, 2)")
         # a strided view (the position columns of the agents' states) goes in as it is: no copy

@@ -241,3 +241,39 @@ def test_dissipation_bounds_exact(name, box):
         axes[2] += [t for t in (-np.pi, -np.pi / 2, 0.0, np.pi / 2) if lo[2] <= t <= hi[2]]
     corners = np.array(list(itertools.product(*axes)))
     np.testing.assert_allclose(sampled_rates(model, corners, rng), bound, rtol=1e-12, atol=1e-12)
+
+
+
+def _layouts(a):
+    """The values of ``a`` (N,k) in layouts the kernels are not compiled for: read-only, Fortran, strided."""
+    readonly = np.frombuffer(a.tobytes()).reshape(a.shape)  # like a JAX array seen through np.asarray
+    wide = np.zeros((2 * a.shape[0], 2 * a.shape[1]))
+    wide[::2, ::2] = a
+    return {"readonly": readonly, "fortran": np.asfortranarray(a), "strided": wide[::2, ::2]}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_numpy_api_accepts_any_array_layout(name):
+    """Every numpy-facing method gives the same answer for read-only / Fortran / strided inputs as for plain ones."""
+    model = get_model(name)
+    rng = np.random.default_rng(5)
+    x, other = random_agents(name, rng, 6), random_agents(name, rng, 6)
+    s, u = random_states(name, rng, 6), random_controls(model, rng, 6)
+    calls = {  # method -> (call with the arrays in one layout, the plain arrays)
+        "step_agents": (lambda x, u: model.step_agents(x, u, model.decision_period), (x, u)),
+        "agent_control_bounds": (model.agent_control_bounds, (x,)),
+        "relative_state": (model.relative_state, (x, other)),
+        "relative_control_bounds": (model.relative_control_bounds, (s,)),
+        "affine_terms": (model.affine_terms, (s,)),
+    }
+    for call, (fn, plain) in calls.items():
+        expected = fn(*plain)
+        expected = (expected,) if isinstance(expected, np.ndarray) else expected
+        for layout in ("readonly", "fortran", "strided"):
+            args = [_layouts(a)[layout] for a in plain]
+            assert all(not a.flags.writeable or not a.flags.c_contiguous for a in args), layout
+            got = fn(*args)
+            got = (got,) if isinstance(got, np.ndarray) else got
+            assert len(got) == len(expected)
+            for g, e in zip(got, expected):
+                np.testing.assert_array_equal(g, e, err_msg=f"{name}.{call}, {layout} input")

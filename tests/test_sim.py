@@ -296,3 +296,38 @@ def test_animation_gif(tmp_path):
     path = save_animation(r, tmp_path / "pair.gif", max_frames=10)
     with Image.open(path) as im:
         assert im.format == "GIF" and im.n_frames == 10
+
+
+def test_simulate_refuses_an_out_below_a_file_before_running(tmp_path, capsys, monkeypatch):
+    """`reach simulate --out afile/sub` (afile a regular file): one line, exit 2, before any episode runs (it used to
+    raise NotADirectoryError after them), and nothing created; a new nested --out below a directory is fine."""
+    import argparse
+
+    import clients.sim.cli as sim_cli
+
+    def no_episodes(*a, **kw):
+        raise AssertionError("episodes ran")
+
+    monkeypatch.setattr(sim_cli, "run_scenario", no_episodes)
+    parser = sim_cli.add_arguments(argparse.ArgumentParser())
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    for out in (a_file / "sub", a_file / "sub" / "deeper"):
+        assert sim_cli.run(parser.parse_args(["random", "--filter", "none", "--episodes", "1", "--no-plots",
+                                              "--out", str(out)])) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--out {out}" in err and f"{a_file} is a file, not a directory" in err
+    assert a_file.read_text() == "x"
+    assert sim_cli.output_dir_problem(tmp_path / "new" / "nested") is None
+    assert sim_cli.output_dir_problem(tmp_path) is None
+    assert "is a file" in sim_cli.output_dir_problem(a_file)
+    assert not (tmp_path / "new").exists()
+
+
+def test_scenario_model_names_unknown_scenarios():
+    from clients.sim.scenarios import scenario_model
+
+    assert scenario_model("merge") == "air_taxi" and scenario_model("dense") == "quadrotor"
+    for bad in ("nope", None, ["random"]):
+        with pytest.raises(UnknownScenarioError, match="unknown scenario .*; known: corridor, dense"):
+            scenario_model(bad)

@@ -117,3 +117,47 @@ def test_update_with_nearest_matches_update_and_all_pairs(n, spread):
     np.testing.assert_array_equal(nearest, expect)
     with pytest.raises(ValueError, match="finite"):
         b.update_with_nearest(np.array([[0.0, 0.0], [np.nan, 1.0]]))
+
+
+def test_curriculum_rejects_nan_inf_and_bad_conflict_ranges():
+    """NaN slips through ordering / positivity comparisons: every distance must be finite and > 0, the target
+    too, and each stage's R_c(d) (checked where it is computed) a finite number > d."""
+    def rc(d):
+        return 2 * d
+
+    for kw in ({"distances": [np.nan, 0.5]}, {"distances": [0.2, np.nan, 0.5]}, {"distances": [0.25, np.inf]},
+               {"distances": [0.2, 0.1, 0.5]}, {"distances": [0.0, 0.5]}, {"distances": []},
+               {"distances": ["0.25", "0.5"]}, {"distances": [0.25 + 0j, 0.5]}):
+        with pytest.raises(ValueError, match="distances"):
+            CurriculumSchedule(100, 0.5, rc, **kw)
+    for target in (np.inf, np.nan, 0.0, -0.5):
+        with pytest.raises(ValueError, match="target_distance must be finite and > 0"):
+            CurriculumSchedule(100, target, rc)
+    for bad, what in ((lambda d: np.nan, "nan"), (lambda d: np.inf, "inf"), (lambda d: d, "0.25"),
+                      (lambda d: 0.5 * d, "0.125"), (lambda d: None, "must be a number")):
+        with pytest.raises(ValueError, match=rf"conflict_range\(0.25\).*{what}"):
+            CurriculumSchedule(100, 0.5, bad, n_stages=2)
+    sched = CurriculumSchedule(100, 0.5, rc, distances=np.array([0.25, 0.5]))
+    assert sched.at(50).safety_distance == 0.25 and sched.at(50).conflict_range == 0.5
+
+
+@pytest.mark.parametrize("bad", [
+    np.array([[1 + 1j, 0.0], [0.0, 1.0]]),             # numpy would drop the imaginary part with a warning
+    np.array([["0.0", "0.0"], ["0.0", "1.0"]]),         # ... parse numeric strings
+    np.array([[True, False], [False, True]]),           # ... read booleans as 0 / 1
+    np.array([[0.0, None], [0.0, 1.0]], dtype=object),  # ... and report None as "NaN or inf"
+])
+def test_non_real_positions_are_rejected(bad):
+    from clients import StateError
+    from clients.neighbors import neighbors
+
+    good = np.array([[0.0, 0.0], [0.0, 1.0]])
+    calls = [lambda p: conflict_penalty(p, good, 0.5, 1.0), lambda p: conflict_penalty(good, p, 0.5, 1.0),
+             lambda p: neighbors(p, 1.0), lambda p: SafetyCounters(0.5, 1.0).update(p),
+             lambda p: SafetyCounters(0.5, 1.0).update_with_nearest(p)]
+    for call in calls:
+        with pytest.raises(StateError, match="must be real numbers"):
+            call(bad)
+    with pytest.raises(StateError, match="must be real numbers"):
+        agent_positions_velocities("quadrotor", np.concatenate([bad, bad], axis=1))
+    assert neighbors(good.astype(np.int64), 1.5)[0].tolist() == [0, 1, 2]   # integers are real numbers

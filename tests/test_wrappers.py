@@ -257,3 +257,120 @@ def test_joint_env_names_its_per_agent_arrays_and_clipping_is_no_intervention():
         if term or trunc:
             break
     assert seen_clip and seen_leave
+
+
+class _RecordingFilter:
+    """A filter that records what it was given (the layered filter's numba kernels need writeable C arrays)."""
+
+    name = "recording"
+
+    def __init__(self, model):
+        self.inner = make_filter("braking", model)
+        self.seen = []
+
+    def filter(self, states, nominal):
+        self.seen.append((states.flags.writeable, states.flags.c_contiguous, states.dtype))
+        return self.inner.filter(states, nominal)
+
+
+@pytest.mark.parametrize("model_name", ["quadrotor", "air_taxi"])
+def test_read_only_and_strided_states_give_the_same_answer(model_name):
+    """intervened_flags and SafetyLayer.apply take read-only (np.frombuffer, JAX), Fortran-ordered and strided
+    states and controls and answer exactly as for C arrays; the filter gets a writeable C float64 array."""
+    from clients.sim.simulator import intervened_flags as _intervened
+    from reach.models import get_model
+
+    model = get_model(model_name)
+    rng = np.random.default_rng(1)
+    if model_name == "quadrotor":
+        x = np.column_stack([rng.uniform(0, 1.5, (7, 2)), rng.uniform(-1, 1, (7, 2))])
+    else:
+        x = np.column_stack([rng.uniform(0, 1500, (7, 2)), rng.uniform(-3, 3, 7), rng.uniform(31, 90, 7)])
+    u = rng.uniform(-1, 1, (7, 2))
+    lo, hi = model.agent_control_bounds(x)
+    safe = np.clip(u, lo, hi)
+    safe[[2, 5], 0] = lo[[2, 5], 0]
+
+    def read_only(a):
+        return np.frombuffer(a.tobytes()).reshape(a.shape)
+
+    layouts = {"read-only": read_only, "fortran": np.asfortranarray, "strided": lambda a: np.repeat(a, 2, 0)[::2]}
+    want = _intervened(model, x, safe, u)
+    assert want.any()
+    for name in ("none", "ecbf", "braking"):
+        layer = _layer(model, name)
+        want_safe, want_diag = layer.apply(x, u)
+        for layout, f in layouts.items():
+            np.testing.assert_array_equal(_intervened(model, f(x), f(safe), f(u)), want, err_msg=layout)
+            got_safe, got_diag = layer.apply(f(x), f(u))
+            np.testing.assert_array_equal(got_safe, want_safe, err_msg=f"{name} {layout}")
+            np.testing.assert_array_equal(got_diag["intervened"], want_diag["intervened"], err_msg=f"{name} {layout}")
+    recording = _RecordingFilter(model)
+    layer = SafetyLayer(model, filter=recording, conflict_range=2.0 * model.safety_distance)
+    for f in layouts.values():
+        layer.apply(f(x), u)
+    assert recording.seen == [(True, True, np.float64)] * 3
+    with pytest.raises(ValueError, match=r"safe controls must have shape \(7, 2\), got \(6, 2\)"):
+        _intervened(model, x, safe[:6], u)     # the kernel does not check bounds: a short row count is an error
+    with pytest.raises(ValueError, match="real numbers"):
+        _intervened(model, x.astype(complex), safe, u)
+
+
+def test_navigation_env_rejects_actions_of_another_shape_or_nan():
+    """NavigationEnv (and SafeJointEnv around it) name the expected shape (n_agents, m) and the one they got;
+    NaN is an error (it would reach the integration); values beyond [-1, 1] are clipped."""
+    env = NavigationEnv("random", seed=0)
+    wrapped = SafeJointEnv(NavigationEnv("random", seed=0), NavigationAdapter(env.model), _layer(env.model))
+    for e in (env, wrapped):
+        e.reset(seed=0)
+        for bad, got in ((np.zeros((3, 2)), r"\(3, 2\)"), (np.zeros((4, 3)), r"\(4, 3\)"), (0.3, r"\(\)")):
+            with pytest.raises(ValueError, match=rf"shape \(n_agents, m\) = \(4, 2\), got {got}"):
+                e.step(bad)
+        nan = np.zeros((4, 2), np.float32)
+        nan[2, 1] = np.nan
+        with pytest.raises(ValueError, match=r"NaN for agents \[2\]"):
+            e.step(nan)
+        with pytest.raises(ValueError, match="real numbers"):
+            e.step(np.zeros((4, 2), complex))
+        e.step(np.full((4, 2), 5.0, np.float32))
+
+
+def test_parallel_env_and_its_wrapper_reject_bad_actions_alike():
+    """A scalar action for a 2-D action space, an array instead of the dict, unknown agent names and NaN fail with
+    the same clear error in the bare env and in SafeParallelEnv; agents missing from the dict get action 0."""
+    env = NavigationParallelEnv("two_lines", seed=0)
+    wrapped = SafeParallelEnv(NavigationParallelEnv("two_lines", seed=0), NavigationAdapter(env.model),
+                              _layer(env.model))
+    for e in (env, wrapped):
+        e.reset(seed=0)
+        with pytest.raises(ValueError, match=r"action of agent_0 must have shape \(2,\).*got \(\)"):
+            e.step({a: 0.3 for a in e.agents})
+        with pytest.raises(TypeError, match="must be a dict"):
+            e.step(np.zeros((8, 2), np.float32))
+        with pytest.raises(ValueError, match=r"unknown agents \['agnet_1', 7\]"):
+            e.step({"agent_0": np.zeros(2, np.float32), "agnet_1": np.zeros(2, np.float32), 7: np.zeros(2)})
+        with pytest.raises(ValueError, match=r"NaN for agents \['agent_3'\]"):
+            e.step({"agent_3": np.array([np.nan, 0.0], np.float32)})
+        assert e.unwrapped.core.sim.t == 0.0      # nothing stepped
+    # missing agents: the centre of the box, as an explicit zero action
+    ref = NavigationParallelEnv("two_lines", seed=0)
+    ref.reset(seed=0)
+    ref.step({a: np.zeros(2, np.float32) for a in ref.agents})
+    env.step({"agent_0": np.zeros(2, np.float32)})
+    np.testing.assert_array_equal(env.core.sim.states, ref.core.sim.states)
+
+
+def test_navigation_env_arguments():
+    """An unknown scenario is the UnknownScenarioError of make_scenario; max_time must be finite and > 0."""
+    from clients.sim.scenarios import UnknownScenarioError
+
+    for cls in (NavigationEnv, NavigationParallelEnv):
+        with pytest.raises(UnknownScenarioError, match="unknown scenario 'nope'; known: corridor"):
+            cls("nope")
+        for bad in (np.nan, np.inf, 0.0, -1.0):
+            with pytest.raises(ValueError, match="max_time must be finite and > 0"):
+                cls("random", max_time=bad)
+    env = NavigationEnv("random", max_time=0.5)
+    env.reset(seed=0)
+    truncated = [env.step(np.zeros((4, 2), np.float32))[3] for _ in range(5)]
+    assert truncated[-1] and not truncated[0]

@@ -13,6 +13,7 @@ The store (``--store``, default ``$REACH_STORE`` or ``./store``) provides ``<mod
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 from .baselines import FILTER_NAMES, make_filter
 from .metrics import Row, aggregate, markdown_table, write_csv
-from .scenarios import SCENARIO_MODEL, SCENARIOS, make_scenario
+from .scenarios import SCENARIOS, make_scenario, scenario_model
 from .simulator import EpisodeResult, Simulator
 
 
@@ -84,7 +85,7 @@ def run_scenario(name: str, filters: Sequence[str], episodes: int = 25, seed: in
     from reach.models import get_model
 
     scenario_kwargs = scenario_kwargs or {}
-    model = get_model(SCENARIO_MODEL[name])
+    model = get_model(scenario_model(name))
     probe = make_scenario(name, seed=seed, **scenario_kwargs)
     notes: dict = {"conflict_range_source": "paper default", "unavailable": {}}
     conflict_range = probe.conflict_range
@@ -169,12 +170,31 @@ def write_outputs(name: str, rows: list[Row], results: dict[str, list[EpisodeRes
     return paths
 
 
+def output_dir_problem(out: Path) -> str | None:
+    """Why ``out`` cannot be (made) the output directory, or None. Checked before any episode runs (``mkdir``
+    would fail only after them), without creating it: it is created when there is something to write, so that a
+    failed run leaves no empty directory."""
+    if out.exists() or out.is_symlink():
+        if out.is_dir():
+            return None if os.access(out, os.W_OK | os.X_OK) else "the directory is not writable"
+        return "is a file, not a directory" if out.is_file() else "is not a directory"
+    parent = out.absolute().parent
+    while not parent.exists():    # the nearest existing ancestor is where mkdir(parents=True) starts
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create it: {parent} is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create it: {parent} is not writable"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     names = sorted(SCENARIOS) if args.scenario == "all" else [args.scenario]
     filters = list(FILTER_NAMES) if args.filter == "all" else [args.filter]
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        print(f"reach simulate: --out {out} is a file, not a directory", file=sys.stderr)
+    problem = output_dir_problem(out)
+    if problem:
+        print(f"reach simulate: --out {out}: {problem}", file=sys.stderr)
         return 2
     if args.agents is not None and args.scenario not in ("dense", "all"):
         print("reach simulate: --agents applies to the dense scenario only", file=sys.stderr)

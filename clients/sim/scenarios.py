@@ -298,10 +298,18 @@ SCENARIO_MODEL = {"random": "quadrotor", "corridor": "quadrotor", "two_lines": "
                   "merge": "air_taxi", "intersection": "air_taxi"}
 
 
+def _known(name: str) -> str:
+    """name, or UnknownScenarioError naming the registered scenarios."""
+    if not isinstance(name, str) or name not in SCENARIOS:
+        raise UnknownScenarioError(f"unknown scenario {name!r}; known: {', '.join(sorted(SCENARIOS))}")
+    return name
+
+
+def scenario_model(name: str) -> str:
+    """The model name of scenario ``name`` (UnknownScenarioError, as `make_scenario`, for an unregistered one)."""
+    return SCENARIO_MODEL[_known(name)]
+
+
 def make_scenario(name: str, seed: int = 0, **kwargs) -> Scenario:
     """Build scenario ``name`` for ``seed``; keyword arguments override the builder's defaults."""
-    try:
-        builder = SCENARIOS[name]
-    except KeyError:
-        raise UnknownScenarioError(f"unknown scenario {name!r}; known: {', '.join(sorted(SCENARIOS))}") from None
-    return builder(seed=seed, **kwargs)
+    return SCENARIOS[_known(name)](seed=seed, **kwargs)

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 from numba import njit
 
+from clients.value_function import real_array
+
 from .nominal import WAYPOINT_THRESHOLDS, default_tracker, waypoint_reached
 from .scenarios import Scenario
 
@@ -34,13 +36,27 @@ class SafetyFilter(Protocol):
     def filter(self, states: np.ndarray, nominal: np.ndarray) -> tuple[np.ndarray, dict]: ...
 
 
+def kernel_array(x, width: int, what: str, rows: int | None = None) -> np.ndarray:
+    """x as the C-contiguous, aligned, writeable float64 (N, width) array the kernels take (N = rows when given),
+    copied only when it is not one already: a read-only array (np.frombuffer, a JAX array) does not type-check
+    against the models' compiled signatures, and every other layout would compile a kernel of its own. ValueError
+    (the client's `StateError`) for another shape or a non-real dtype."""
+    a = real_array(x, what)
+    if a.ndim != 2 or a.shape[1] != width or (rows is not None and a.shape[0] != rows):
+        raise ValueError(f"{what} must have shape ({'N' if rows is None else rows}, {width}), got {a.shape}")
+    return np.require(a, requirements=("C", "A", "W"))
+
+
 def intervened_flags(model, states: np.ndarray, safe: np.ndarray, controls: np.ndarray) -> np.ndarray:
     """(N,) bool: the applied control differs from the proposed one clipped to the state's control box
     (`model.agent_control_bounds`) by more than 1e-6 of the box, in one kernel (clipping alone is no intervention:
-    every filter, `none` included, applies controls inside the box); states must be finite (N, k)."""
-    if states.ndim != 2 or states.shape[1] != model.n_agent_states:
-        raise ValueError(f"agent_states must have shape (N, {model.n_agent_states}), got {states.shape}")
-    out, ok = _intervened_kernel(model)(states, np.ascontiguousarray(safe), np.ascontiguousarray(controls))
+    every filter, `none` included, applies controls inside the box); states must be finite (N, k), safe and
+    controls (N, m), any layout (read-only ones too)."""
+    x = kernel_array(states, model.n_agent_states, "agent_states")
+    # the kernel does not check bounds: the shapes are checked here
+    safe = kernel_array(safe, model.n_controls, "safe controls", rows=x.shape[0])
+    controls = kernel_array(controls, model.n_controls, "controls", rows=x.shape[0])
+    out, ok = _intervened_kernel(model)(x, safe, controls)
     if not ok:
         raise ValueError("agent_states contains NaN or inf")
     return out

@@ -22,17 +22,21 @@ sub-env). Built-in environments over :mod:`clients.sim.simulator` to test them: 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import gymnasium as gym
 import numpy as np
 from numba import njit
 from pettingzoo import ParallelEnv
 
+from clients.training import SafetyCounters, agent_positions_velocities, conflict_penalty, conflict_range_at
+from clients.value_function import real_array
+
 from .baselines import neighbours_within, world_velocity
-from .scenarios import SCENARIO_MODEL, make_scenario
-from .simulator import Simulator, intervened_flags
+from .scenarios import make_scenario, scenario_model
+from .simulator import Simulator, intervened_flags, kernel_array
 
 
 # ------------------------------------------------------------------------------------------------ the protocol
@@ -76,7 +80,7 @@ class SafetyLayer:
         if self.conflict_range is None:
             rc = getattr(self.filter, "conflict_range", None)
             if self.conflict_range_fn is not None:
-                rc = self.conflict_range_fn(self.safety_distance)
+                rc = conflict_range_at(self.conflict_range_fn, self.safety_distance)
             if rc is None or not np.isfinite(rc):
                 raise ValueError("conflict_range unknown: pass conflict_range= or conflict_range_fn=")
             self.conflict_range = float(rc)
@@ -89,8 +93,6 @@ class SafetyLayer:
 
     def new_episode(self) -> None:
         """Start the episode's counters afresh (the wrappers call it at every reset of their env)."""
-        from clients.training import SafetyCounters
-
         self.counters = SafetyCounters(self.target_distance, self.target_conflict_range)
 
     def before_step(self) -> None:
@@ -100,7 +102,8 @@ class SafetyLayer:
         st = self.curriculum.at(self.steps) if hasattr(self.curriculum, "at") else self.curriculum(self.steps)
         if isinstance(st, tuple):
             on, d = st[0], float(st[1])
-            rc = self.conflict_range_fn(d) if (self.conflict_range_fn and on) else self.conflict_range
+            rc = conflict_range_at(self.conflict_range_fn, d) if (self.conflict_range_fn and on) \
+                else self.conflict_range
         else:
             on, d, rc = st.filter_on, float(st.safety_distance), float(st.conflict_range)
         self.stage = st
@@ -113,12 +116,14 @@ class SafetyLayer:
             self._built_d = d
 
     def apply(self, states: np.ndarray, controls: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Hook 2: the filter. Returns safe controls and per-agent diagnostics."""
+        """Hook 2: the filter on states (n, k) (any layout, read-only ones too) and controls (n, m). Returns safe
+        controls and per-agent diagnostics."""
         controls = np.asarray(controls, float)
         n = controls.shape[0]
         if not self.filter_on or self.filter is None or n == 0:
             return controls, {"intervened": np.zeros(n, bool)}
-        x = np.ascontiguousarray(states, dtype=np.float64)
+        # the filter gets what the numba kernels take (a writeable C copy of read-only states: JAX, np.frombuffer)
+        x = kernel_array(states, self.model.n_agent_states, "states", rows=n)
         safe, info = self.filter.filter(x, controls)
         safe = np.asarray(safe, float)
         diag = {"intervened": intervened_flags(self.model, x, safe, controls)}
@@ -143,8 +148,6 @@ class SafetyLayer:
             raise ValueError(f"states must have shape (N, {self.model.n_agent_states}), got {states.shape}")
         near, n_rc, nearest, conflict, n_near, n_conflict = self.counters.update_with_nearest(states[:, :2])
         if self.penalty_weight > 0 and self.filter_on and n > 1 and self.conflict_range > self.safety_distance:
-            from clients.training import agent_positions_velocities, conflict_penalty
-
             pos, vel = agent_positions_velocities(self.model, states)
             penalty = conflict_penalty(pos, vel, self.safety_distance, self.conflict_range, self.penalty_weight)
             penalty_sum = float(np.sum(penalty))
@@ -172,8 +175,12 @@ class _NavigationCore:
         from reach.models import get_model
 
         self.scenario_name = scenario
-        self.model = get_model(SCENARIO_MODEL[scenario])
+        self.model = get_model(scenario_model(scenario))
         self.scenario_kwargs = scenario_kwargs
+        if max_time is not None:    # a NaN limit would never truncate the episode
+            max_time = float(max_time)
+            if not (math.isfinite(max_time) and max_time > 0):
+                raise ValueError(f"max_time must be finite and > 0 s (or None: the scenario's), got {max_time}")
         self.max_time = max_time
         self.seed = seed
         self._episodes = np.random.default_rng(seed)    # the seeds of episodes reset without one
@@ -238,6 +245,38 @@ class _NavigationCore:
     def action_to_control(self, actions: np.ndarray) -> np.ndarray:
         return self.u_center + self.u_half * np.clip(np.asarray(actions, float), -1.0, 1.0)
 
+    def joint_actions(self, actions) -> np.ndarray:
+        """The joint action (N, m) in [-1, 1] (beyond it: clipped) as float64; ValueError naming the expected and
+        the got shape, for a non-real dtype, or NaN (np.clip would pass it on to the integration)."""
+        m = self.model.n_controls
+        a = real_array(actions, "action")
+        if a.shape != (self.n, m):
+            raise ValueError(f"action must have shape (n_agents, m) = ({self.n}, {m}), got {a.shape}")
+        _no_nan(a)
+        return a
+
+    def agent_actions(self, actions, index: Mapping[str, int]) -> np.ndarray:
+        """A parallel env's {agent: action (m,)} as the joint action (N, m) float64 (`index`: agent name -> row;
+        agents without an entry get action 0, the centre of the control box: agents the policy does not control).
+        TypeError for a non-dict; ValueError naming unknown agents, or for an action of another shape (the action
+        space's), a non-real dtype or NaN."""
+        if not isinstance(actions, Mapping):
+            raise TypeError(f"actions must be a dict {{agent: action of shape ({self.model.n_controls},)}}, got "
+                            f"{type(actions).__name__}")
+        names = list(index)
+        unknown = [a for a in actions if a not in index]
+        if unknown:
+            raise ValueError(f"unknown agents {unknown} (the env's agents: {names[0]} .. {names[-1]})")
+        m = self.model.n_controls
+        out = np.zeros((self.n, m))
+        for a, act in actions.items():
+            row = real_array(act, f"action of {a}")
+            if row.shape != (m,):
+                raise ValueError(f"action of {a} must have shape ({m},) (its action space's), got {row.shape}")
+            out[index[a]] = row
+        _no_nan(out, names)
+        return out
+
     def control_to_action(self, controls: np.ndarray) -> np.ndarray:
         return np.clip((np.asarray(controls, float) - self.u_center) / self.u_half, -1.0, 1.0)
 
@@ -262,11 +301,20 @@ class _NavigationCore:
         return reward, sim.goal_reached.copy(), timeout
 
 
+def _no_nan(actions: np.ndarray, names: Sequence | None = None) -> None:
+    """ValueError naming the agents (their `names`, else row indices) whose action (N, m) holds NaN."""
+    bad = np.flatnonzero(np.isnan(actions).any(axis=1))
+    if bad.size:
+        raise ValueError(f"action contains NaN for agents {bad.tolist() if names is None else [names[i] for i in bad]}")
+
+
 class NavigationParallelEnv(ParallelEnv):
     """PettingZoo ParallelEnv over a simulator scenario (one agent per aircraft / quadrotor).
 
     Actions: Box([-1, 1]^m), mapped linearly onto the model's static control box (the simulator clips to the
-    state-dependent bounds). Agents that have not departed yet are listed but their actions are ignored.
+    state-dependent bounds); one array of shape (m,) per agent. Agents that have not departed yet are listed but
+    their actions are ignored; agents without an entry in the actions dict get action 0 (the centre of the box);
+    an unknown agent name, a non-dict, another shape or NaN is an error.
     """
 
     metadata = {"name": "reach_navigation_v0", "render_modes": [], "is_parallelizable": True}
@@ -301,11 +349,7 @@ class NavigationParallelEnv(ParallelEnv):
 
     def step(self, actions):
         core = self.core
-        u = np.tile(core.u_center, (core.n, 1))
-        for a, act in actions.items():
-            if a in self._index:
-                u[self._index[a]] = core.action_to_control(act)
-        reward, at_goal, timeout = core.step(u)
+        reward, at_goal, timeout = core.step(core.action_to_control(core.agent_actions(actions, self._index)))
         obs = core.observations()
         agents = self.agents
         rewards = {a: float(reward[self._index[a]]) for a in agents}
@@ -342,7 +386,8 @@ class NavigationEnv(gym.Env):
         return self.core.observations(), {}
 
     def step(self, action):
-        reward, at_goal, timeout = self.core.step(self.core.action_to_control(action))
+        """action (N, m) in [-1, 1] (ValueError for another shape or NaN)."""
+        reward, at_goal, timeout = self.core.step(self.core.action_to_control(self.core.joint_actions(action)))
         terminated = bool(at_goal.all())
         return self.core.observations(), float(reward.sum()), terminated, bool(timeout and not terminated), {
             "agent_rewards": reward, "at_goal": at_goal}
@@ -382,16 +427,20 @@ class NavigationAdapter:
         return vec_env.call("safety_states")
 
     def actions_to_controls(self, env, ids, actions):
-        if isinstance(actions, dict):
-            rows = [actions.get(a, np.zeros(self.model.n_controls)) for a in ids]
-            a = np.array(rows, float).reshape(len(ids), self.model.n_controls)
-        else:
-            fast = _joint_rows(actions, ids, self.model.n_controls)
-            if fast is not None:  # one kernel, the same arithmetic as below
-                out, ok = _actions_to_controls_kernel(fast[0], fast[1], self.center, self.half)
-                if ok:
-                    return out
-            a = np.asarray(actions, float)[np.asarray(ids, int)]
+        # the env's own checks (shape, unknown agents, NaN), so that a wrapped env fails as the bare one does
+        base = getattr(env, "unwrapped", env)
+        if isinstance(base, NavigationParallelEnv):
+            rows = base.core.agent_actions(actions, base._index)
+            a = rows[[base.index(x) for x in ids]]
+            return self.center + self.half * np.clip(a, -1.0, 1.0)
+        if isinstance(base, NavigationEnv):
+            actions = base.core.joint_actions(actions)
+        fast = _joint_rows(actions, ids, self.model.n_controls)
+        if fast is not None:  # one kernel, the same arithmetic as below
+            out, ok = _actions_to_controls_kernel(fast[0], fast[1], self.center, self.half)
+            if ok:
+                return out
+        a = np.asarray(actions, float)[np.asarray(ids, int)]
         return self.center + self.half * np.clip(a, -1.0, 1.0)
 
     def controls_to_actions(self, env, ids, controls, actions):

@@ -149,7 +149,7 @@ class Model:
 
 
 def _batch(x, width: int, name: str) -> np.ndarray:
-    """Coerce to a C-contiguous float64 (N, width) array; a single row (width,) becomes (1, width)."""
+    """Coerce to a C-contiguous, aligned, writeable float64 (N, width) array; a row (width,) becomes (1, width)."""
     a = np.asarray(x, dtype=np.float64)
     if a.ndim == 1:
         a = a[None, :]
@@ -157,7 +157,9 @@ def _batch(x, width: int, name: str) -> np.ndarray:
         raise ValueError(f"{name} must have shape (N, {width}), got {np.shape(x)}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains NaN or inf")
-    return np.ascontiguousarray(a)
+    # the numba kernels are compiled for writeable aligned C arrays only: read-only views (np.frombuffer, JAX
+    # arrays) would not match any signature, so copy those (np.require copies only when a flag is missing)
+    return np.require(a, requirements=("C", "A", "W"))
 
 
 # ---- JAX helpers, shared by every model ------------------------------------------------------------------------
