@@ -64,9 +64,21 @@ def _parse_float(token: str) -> float:
         coef = num.replace("*", "").replace("pi", "")
         value = (float(coef) if coef else 1.0) * math.pi
         if den:
-            value /= float(den)
+            divisor = float(den)
+            if divisor == 0:  # a ZeroDivisionError would escape the callers' ValueError handling
+                raise ValueError(f"division by zero in {token!r}")
+            value /= divisor
         return sign * value
     return float(t)
+
+
+def _check_dir(path: Path, what: str) -> None:
+    """Usage error unless ``path`` is a directory or can be created as one (checked before any computation)."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise _UsageError(f"{what}: {p} is not a directory")
+            return
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -75,7 +87,9 @@ def cmd_compute(args) -> int:
     from reach.spec import load_spec
 
     spec = load_spec(args.spec)  # SpecError -> exit 2 before anything is written
-    outcomes = compute_spec(spec, _store(args), overwrite=args.overwrite, progress=not args.quiet)
+    store = _store(args)
+    _check_dir(store.root, "store")
+    outcomes = compute_spec(spec, store, overwrite=args.overwrite, progress=not args.quiet)
     for o in outcomes:
         if o.status == "skipped":
             print(f"{o.name}: up to date ({(o.content_hash or '')[:16]}), skipped")
@@ -181,16 +195,20 @@ def _plot_slices(ds, args) -> list[dict[str, float]]:
 def cmd_plot(args) -> int:
     from reach.plot import PlotError, plot_safe_set
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise _UsageError(f"--out: {out} is a directory")
+    _check_dir(out.parent, "--out")
     store = _store(args)
     ds = store.open(args.name)
     slices = _plot_slices(ds, args)
-    out = Path(args.out)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         summary = plot_safe_set(ds, out, slices, safety_distance=args.safety_distance)
     except PlotError as exc:
         raise _UsageError(str(exc)) from None
+    except OSError as exc:  # e.g. no permission: one line, not a traceback
+        raise RuntimeError(f"--out: cannot write {out}: {exc.strerror or exc}") from None
     rc = summary["conflict_range"]
     print(f"{out}: safe set of {args.name} at d = {summary['safety_distance']:g} m"
           + (f", R_c = {rc:g} m" if rc is not None else ""))
@@ -216,6 +234,7 @@ def cmd_run(args) -> int:
     from reach.spec import load_spec
 
     store = _store(args)
+    _check_dir(store.root, "store")
     root = Path(__file__).resolve().parent.parent
     for rel in DEFAULT_SPECS:
         path = Path(rel) if Path(rel).exists() else root / rel

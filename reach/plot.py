@@ -96,7 +96,7 @@ def plot_safe_set(ds, out, slices: Sequence[dict[str, float]], safety_distance: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Circle
+    from matplotlib.patches import Circle, Rectangle
 
     attrs = ds.attrs
     names = list(attrs["state_names"])
@@ -131,13 +131,18 @@ def plot_safe_set(ds, out, slices: Sequence[dict[str, float]], safety_distance: 
             ax.contourf(x, y, vd.T, levels=[np.nanmin(vd) - 1.0, 0.0], colors=[color], alpha=0.18)
             ax.contour(x, y, vd.T, levels=[0.0], colors=[color], linewidths=1.8)
         elif np.nanmax(vd) < 0:
-            ax.contourf(x, y, vd.T, levels=[np.nanmin(vd) - 1.0, np.nanmax(vd) + 1.0], colors=[color], alpha=0.18)
+            # all unsafe: fill the whole plane (levels around the data collapse when |V - d| >> 1, e.g. d = 1e300)
+            ax.add_patch(Rectangle((x[0], y[0]), x[-1] - x[0], y[-1] - y[0], color=color, alpha=0.18, lw=0))
         label = ", ".join(_label(dim, float(sl[dim]), units.get(dim, "")) for dim in names[2:])
         handles.append(Line2D([], [], color=color, lw=1.8, label=f"{label} (unsafe inside)"))
-    ax.add_patch(Circle((0.0, 0.0), d, fill=False, ls="--", lw=1.2, color="k", zorder=5))
+    # a circle beyond the plane's farthest corner is invisible, and Agg takes minutes to clip a huge one (d = 1e9)
+    farthest = math.hypot(max(abs(x[0]), abs(x[-1])), max(abs(y[0]), abs(y[-1])))
+    if d <= farthest:
+        ax.add_patch(Circle((0.0, 0.0), d, fill=False, ls="--", lw=1.2, color="k", zorder=5))
     handles.append(Line2D([], [], color="k", ls="--", label=f"d = {d:g} m"))
     if rc is not None:
-        ax.add_patch(Circle((0.0, 0.0), rc, fill=False, ls=":", lw=1.5, color="tab:red", zorder=5))
+        if rc <= farthest:
+            ax.add_patch(Circle((0.0, 0.0), rc, fill=False, ls=":", lw=1.5, color="tab:red", zorder=5))
         handles.append(Line2D([], [], color="tab:red", ls=":", label=f"R_c = {rc:g} m"))
     ax.plot([0.0], [0.0], marker="o", color="k", ms=4)
     ax.set_xlim(x[0], x[-1])

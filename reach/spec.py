@@ -10,15 +10,17 @@ Format (all lengths in m, times in s, angles in rad)::
     model = "quadrotor"                     # a registered model (reach.models.MODELS)
     games = ["cooperative", "worst_case"]   # non-empty subset
     # gamma = 0.5                           # optional CBVF discount (1/s); > 0 requires safety_distance
-    # safety_distance = 0.5                 # the d such a discounted grid is computed for (stores V_d)
+    # safety_distance = 0.5                 # the d such a discounted grid is computed for (stores V_d; less
+                                            #    than the grid's farthest position)
 
     [parameters]                            # optional overrides of the model's defaults (known names only)
     # safety_distance = 0.5
 
     [grid.px]                               # one table per relative-state dimension, named by state name
-    lo = -3.0
+    lo = -3.0                               # |lo|, |hi| <= 1e30
     hi = 3.0
-    points = 25                             # >= 5; periodic dims (theta_r) take only `points`: [-pi, pi)
+    points = 25                             # 5 .. 10000, at most 1e8 nodes in all; periodic dims (theta_r)
+                                            #    take only `points`: [-pi, pi)
 
     [solver]                                # reach.solver.SolverSettings
     scheme = "WENO3"                        # upwind scheme: first_order, ENO2, ENO3, WENO3, WENO5
@@ -32,15 +34,18 @@ Format (all lengths in m, times in s, angles in rad)::
     engagement_horizon = 0.4                # s: T_e of the worst-case game (also used for the R_c table)
     snapshot_horizons = [0.1, 0.2, 0.3]     # s: worst-case snapshots (<= T_e; T_e is always stored;
                                             #    optional, default every decision period)
+    # max_horizon and engagement_horizon may ask for at most 1e6 solver time steps each (see MAX_STEPS)
 
     [conflict]
     safety_distances = [0.25, 0.5, 0.75]    # m: the R_c(d) table (from the worst-case grid)
 
     [validation]
-    n_samples = 2000                        # sampled trajectories (0 = skip)
+    n_samples = 2000                        # sampled trajectories (0 = skip; at most 1e6)
     margin = 0.02                           # m
-    seed = 0
+    seed = 0                                # >= 0
     # safety_distance = 0.5                 # d used by the validation (default: the model's)
+
+Every number must be finite (no inf / nan).
 """
 
 from __future__ import annotations
@@ -69,17 +74,28 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf / nan in any float field (TOML has both) would only fail deep inside the solve or after it
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 #: fewest grid nodes per dimension (the solver's WENO stencils and one-sided gradients need 5)
 MIN_POINTS = 5
+#: most grid nodes per dimension, and in all (1e8 float32 nodes = 400 MB per copy of V; the solver holds tens)
+MAX_POINTS = 10_000
+MAX_NODES = 10**8
+#: largest |lo|, |hi| of a grid dimension: the solver computes in float32 (max 3.4e38), distances included
+MAX_COORD = 1e30
+#: most time steps one game's solve may take (the shipped specs take ~1e3): the CFL step is fixed by the grid and
+#: the model's rate bounds, and every convergence window and worst-case snapshot costs at least one step
+MAX_STEPS = 10**6
+#: most validation trajectories (each is simulated with a lookahead controller at every decision)
+MAX_SAMPLES = 10**6
 
 
 class DimConfig(_Strict):
     lo: float | None = None
     hi: float | None = None
-    points: int = Field(ge=MIN_POINTS)
+    points: int = Field(ge=MIN_POINTS, le=MAX_POINTS)
 
 
 class SolverConfig(_Strict):
@@ -100,9 +116,9 @@ class ConflictConfig(_Strict):
 
 
 class ValidationConfig(_Strict):
-    n_samples: int = Field(ge=0)
+    n_samples: int = Field(ge=0, le=MAX_SAMPLES)
     margin: float = Field(ge=0.0)
-    seed: int
+    seed: int = Field(ge=0)  # numpy's default_rng takes non-negative seeds only
     safety_distance: float | None = Field(default=None, gt=0.0)
 
 
@@ -257,13 +273,17 @@ def parse_spec(data: dict, path: str | Path = "<spec>", name: str | None = None)
                 errors.append(f"grid.{dim}.hi: missing required field")
             if lo is None or hi is None:
                 continue
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                errors.append(f"grid.{dim}: lo and hi must be finite")
+            if not (abs(lo) <= MAX_COORD and abs(hi) <= MAX_COORD):
+                errors.append(f"grid.{dim}: lo and hi must be within +-{MAX_COORD:g} (the solver works in float32)")
                 continue
             if lo >= hi:
                 errors.append(f"grid.{dim}.hi: must be greater than lo (lo = {lo}, hi = {hi})")
                 continue
         grid[dim] = {"lo": float(lo), "hi": float(hi), "points": int(d.points)}
+    nodes = math.prod(g["points"] for g in grid.values())
+    if nodes > MAX_NODES:
+        shape = " x ".join(str(g["points"]) for g in grid.values())
+        errors.append(f"grid: {shape} = {nodes} nodes exceed the limit of {MAX_NODES:.0e}")
 
     # games / horizons
     if len(set(config.games)) != len(config.games):
@@ -287,6 +307,13 @@ def parse_spec(data: dict, path: str | Path = "<spec>", name: str | None = None)
         errors.append("safety_distance: missing required field (gamma > 0 grids are computed for one d)")
     if config.gamma == 0 and config.safety_distance is not None:
         errors.append("safety_distance: only allowed with gamma > 0 (an undiscounted grid serves every d)")
+    pos = [model.state_names[i] for i in model.position_dims]
+    if config.gamma > 0 and config.safety_distance is not None and all(p in grid for p in pos):
+        # l = ||p|| - d < 0 at every node: nothing on the grid is safe (and d beyond float32 gives a NaN grid)
+        farthest = math.hypot(*(max(abs(grid[p]["lo"]), abs(grid[p]["hi"])) for p in pos))
+        if config.safety_distance >= farthest:
+            errors.append(f"safety_distance: {config.safety_distance:g} m is beyond the grid's farthest position "
+                          f"({farthest:g} m): no state would be safe")
 
     # R_c table
     sd = list(config.conflict.safety_distances)
@@ -309,6 +336,8 @@ def parse_spec(data: dict, path: str | Path = "<spec>", name: str | None = None)
                         if getattr(s, k) is None}
         except (TypeError, ValueError) as exc:
             errors.append(f"solver: {exc}")
+        else:
+            errors += _effort_errors(model, grid, s)
 
     if errors:
         raise SpecError(f"{path}: " + "; ".join(errors))
@@ -319,6 +348,28 @@ def parse_spec(data: dict, path: str | Path = "<spec>", name: str | None = None)
     data_norm["solver"].update(resolved)
     config = SpecConfig.model_validate(data_norm)
     return Spec(name=name, path=path, config=config, hash=spec_hash(config), model=model)
+
+
+def _effort_errors(model, grid: dict[str, dict], s: SolverConfig) -> list[str]:
+    """Horizons that would take more than MAX_STEPS solver time steps (a horizon of 1e300 s never ends)."""
+    from reach.grid import GridSpec
+
+    gs = GridSpec(lo=[grid[d]["lo"] for d in model.state_names], hi=[grid[d]["hi"] for d in model.state_names],
+                  points=[grid[d]["points"] for d in model.state_names])
+    # the solver's CFL step (reach.solver.solve): the model's rate bounds over the grid box, per node spacing
+    rate = float((model.dissipation_bounds(gs.lo, gs.hi) / gs.spacings(model)).sum())
+    dt_cfl = s.cfl / rate if rate > 0 else math.inf
+    errors = []
+    for field, horizon, step in (
+            ("max_horizon", s.max_horizon, min(dt_cfl, s.window)),
+            # the worst-case game stops at every snapshot, by default every decision period
+            ("engagement_horizon", s.engagement_horizon,
+             min(dt_cfl, s.window, model.decision_period if s.snapshot_horizons is None else math.inf))):
+        steps = horizon / step
+        if steps > MAX_STEPS:
+            errors.append(f"solver.{field}: {horizon:g} s takes ~{steps:.3g} solver steps of <= {step:.3g} s (the "
+                          f"CFL step on this grid, the window or the snapshot spacing); at most {MAX_STEPS:.0e}")
+    return errors
 
 
 def _apply_parameters(model, overrides: dict[str, float]):

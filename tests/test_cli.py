@@ -76,12 +76,41 @@ def test_plot_png(tiny_store, tmp_path, capsys, name, extra):
     ("taxi_tiny/worst_case", ["--velocity", "1,1"], "--velocity"),
     ("taxi_tiny/worst_case", ["--speeds", "10,20"], "v_b = 20"),
     ("quad_tiny/worst_case", ["--velocity", "1,x"], "--velocity"),
+    ("taxi_tiny/cooperative", ["--heading", "pi/0"], "pi/0"),
+    ("taxi_tiny/cooperative", ["--heading", "1,-pi/0.0"], "--heading"),
 ])
 def test_plot_bad_request(tiny_store, tmp_path, capsys, name, extra, fragment):
     out = tmp_path / "x.png"
     assert main(["plot", name, "--out", str(out), "--store", str(tiny_store)] + extra) == 2
     err = capsys.readouterr().err
     assert fragment in err and not out.exists()
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["plot", "plot_nested", "plot_onto_dir", "compute", "compute_nested"])
+def test_output_path_not_a_directory(tiny_store, tmp_path, capsys, monkeypatch, command):
+    """An existing regular file where a directory must go: one line naming it, exit 2, before any computation."""
+    import reach.compute
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("computed although the store path is unusable")
+
+    monkeypatch.setattr(reach.compute, "compute_spec", no_compute)
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory\n")
+    plot = ["plot", "quad_tiny/cooperative", "--store", str(tiny_store), "--out"]
+    compute = ["compute", str(DATA / "quad_tiny.toml"), "--quiet", "--store"]
+    argv, named = {
+        "plot": (plot + [str(afile / "x.png")], afile),
+        "plot_nested": (plot + [str(afile / "sub" / "x.png")], afile),
+        "plot_onto_dir": (plot + [str(tmp_path)], tmp_path),
+        "compute": (compute + [str(afile)], afile),
+        "compute_nested": (compute + [str(afile / "store")], afile),
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(named) in err
+    assert afile.read_text() == "not a directory\n"
 
 
 def test_usage_errors_exit_2(capsys):

@@ -56,3 +56,17 @@ def test_discounted_grid_cannot_be_shifted(tiny_store, tmp_path):
     plot_safe_set(ds, tmp_path / "ok.png", [{"vx": 0.0, "vy": 0.0}])
     with pytest.raises(PlotError, match="cannot be shifted"):
         plot_safe_set(ds, tmp_path / "bad.png", [{"vx": 0.0, "vy": 0.0}], safety_distance=0.25)
+
+
+@pytest.mark.parametrize("name,sl", [("quad_tiny/worst_case", {"vx": 0.0, "vy": 0.0}),
+                                     ("taxi_tiny/cooperative", {"theta_r": math.pi, "v_a": 56.6, "v_b": 56.6})])
+@pytest.mark.parametrize("d,safe", [(1e300, 0.0), (1e9, 0.0), (1e-300, None), (0.0, None)])
+def test_plot_any_finite_d(tiny_store, tmp_path, name, sl, d, safe):
+    """A shiftable grid takes any finite d >= 0: contour levels outside the data give an empty (or full) safe set."""
+    ds = open_store(tiny_store).open(name)
+    out = tmp_path / "p.png"
+    summary = plot_safe_set(ds, out, [sl], safety_distance=d)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["safety_distance"] == d
+    (plane,) = safe_set_slices(ds, [sl])
+    assert summary["safe_fraction"][0] == pytest.approx(float(np.mean(plane - d >= 0)) if safe is None else safe)

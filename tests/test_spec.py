@@ -50,6 +50,30 @@ BAD = {
     "snapshot_after_te": (_replace(QUAD, "engagement_horizon = 0.4", "engagement_horizon = 0.4\n"
                                    "snapshot_horizons = [0.2, 0.8]"), "solver.snapshot_horizons", "0.8"),
     "bad_toml": ("model = \n", "invalid TOML", ""),
+    # bounds: each of these used to pass validation and then fail (or never end) in or after the solve
+    "negative_seed": (_replace(QUAD, "seed = 0", "seed = -1"), "validation.seed", "greater than or equal to 0"),
+    "huge_points": (_replace(QUAD, "points = 11", f"points = {10**30}"), "grid.px.points", "less than or equal"),
+    "too_many_nodes": (QUAD.replace("points = 7", "points = 9000"), "grid", "nodes exceed the limit"),
+    "huge_lo": (_replace(QUAD, "lo = -2.0", "lo = -1e300"), "grid.px", "within"),
+    "inf_engagement_horizon": (_replace(QUAD, "engagement_horizon = 0.4", "engagement_horizon = inf"),
+                               "solver.engagement_horizon", "finite"),
+    "huge_engagement_horizon": (_replace(QUAD, "engagement_horizon = 0.4", "engagement_horizon = 1e300"),
+                                "solver.engagement_horizon", "solver steps"),
+    "huge_max_horizon": (_replace(QUAD, "max_horizon = 1.0", "max_horizon = 1e300"), "solver.max_horizon",
+                         "solver steps"),
+    "tiny_window": (_replace(QUAD, "window = 0.2", "window = 1e-300"), "solver.max_horizon", "solver steps"),
+    "tiny_decision_period": (_replace(QUAD, "[grid.px]", "[parameters]\ndecision_period = 1e-300\n\n[grid.px]"),
+                             "solver.engagement_horizon", "solver steps"),
+    "inf_gamma": (_replace(QUAD, "games = ", "gamma = inf\nsafety_distance = 0.5\ngames = "), "gamma", "finite"),
+    "inf_d_with_gamma": (_replace(QUAD, "games = ", "gamma = 0.5\nsafety_distance = inf\ngames = "),
+                         "safety_distance", "finite"),
+    "huge_d_with_gamma": (_replace(QUAD, "games = ", "gamma = 0.5\nsafety_distance = 1e300\ngames = "),
+                          "safety_distance", "farthest position"),
+    "inf_margin": (_replace(QUAD, "margin = 0.02", "margin = inf"), "validation.margin", "finite"),
+    "inf_validation_d": (_replace(QUAD, "seed = 0", "seed = 0\nsafety_distance = inf"),
+                         "validation.safety_distance", "finite"),
+    "too_many_samples": (_replace(QUAD, "n_samples = 64", "n_samples = 1000000000"), "validation.n_samples",
+                         "less than or equal"),
 }
 
 
@@ -66,7 +90,8 @@ def test_bad_spec_names_field_and_file(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", ["unknown_model", "lo_ge_hi", "too_few_points", "missing_field", "foreign_dim",
-                                  "extra_field"])
+                                  "extra_field", "negative_seed", "huge_points", "inf_engagement_horizon",
+                                  "huge_engagement_horizon", "inf_gamma", "inf_margin"])
 def test_compute_bad_spec_exits_2_and_writes_nothing(tmp_path, capsys, case):
     text, field, _ = BAD[case]
     path = _write(tmp_path, text)
@@ -76,6 +101,38 @@ def test_compute_bad_spec_exits_2_and_writes_nothing(tmp_path, capsys, case):
     assert len(err.splitlines()) == 1
     assert str(path) in err and field in err
     assert not store.exists()
+
+
+#: every float field of a spec (a path into the parsed TOML), with what it needs next to it to be checked
+FLOAT_FIELDS = {
+    "gamma": {"safety_distance": 0.5},
+    "safety_distance": {"gamma": 0.5},
+    "parameters.safety_distance": {},
+    "grid.px.lo": {}, "grid.px.hi": {},
+    "solver.cfl": {}, "solver.tolerance": {}, "solver.window": {}, "solver.max_horizon": {}, "solver.chunk": {},
+    "solver.engagement_horizon": {}, "solver.snapshot_horizons.0": {},
+    "conflict.safety_distances.1": {},
+    "validation.margin": {}, "validation.safety_distance": {},
+}
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("field", sorted(FLOAT_FIELDS))
+def test_non_finite_numbers_are_rejected(field, value):
+    data = tomllib.loads(QUAD)
+    data.update(FLOAT_FIELDS[field])
+    data["solver"]["snapshot_horizons"] = [0.2]
+    *parents, last = field.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    with pytest.raises(SpecError) as exc:
+        parse_spec(data, "x.toml")
+    assert f"x.toml: {field}: Input should be a finite number" in str(exc.value)
 
 
 def test_console_script_exit_status(tmp_path):
