@@ -37,6 +37,10 @@ DISSIPATIONS = ("global", "local")
 _EPS_TIME = 1e-9  # s, comparisons of horizons
 
 
+class SolverError(RuntimeError):
+    """A solve that cannot give a value function (its values overflowed)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SolverSettings:
     """How to solve (times in s, tolerance in m).
@@ -186,6 +190,13 @@ def _schedule(settings: SolverSettings, stops: tuple[float, ...], snapshots: boo
     return chunks
 
 
+def cfl_step(model: Model, grid_spec: GridSpec, settings: SolverSettings) -> float:
+    """The largest time step (s) of a solve: cfl / sum_i alpha_i / dx_i, alpha_i the model's bound of |ds_i/dt| over
+    the grid box (`Model.dissipation_bounds`), dx_i the node spacing (inf when nothing moves)."""
+    rate = float(np.sum(model.dissipation_bounds(grid_spec.lo, grid_spec.hi) / grid_spec.spacings(model)))
+    return settings.cfl / rate if rate > 0 else math.inf
+
+
 def solve(model: Model, grid_spec: GridSpec, game: str, settings: SolverSettings = SolverSettings(),
           gamma: float = 0.0, safety_distance: float | None = None, progress: bool = True,
           checkpoint: Checkpoint | None = None) -> SolveResult:
@@ -216,7 +227,7 @@ def solve(model: Model, grid_spec: GridSpec, game: str, settings: SolverSettings
     target_np = target_function(model, grid_spec, gamma, safety_distance)
     target = jnp.asarray(target_np)
     alpha = model.dissipation_bounds(grid_spec.lo, grid_spec.hi)
-    dt_cfl = settings.cfl / float(np.sum(alpha / grid_spec.spacings(model)))
+    dt_cfl = cfl_step(model, grid_spec, settings)
 
     if game == "worst_case":
         horizons = settings.horizons(model)
@@ -265,6 +276,11 @@ def solve(model: Model, grid_spec: GridSpec, game: str, settings: SolverSettings
                                            local=settings.dissipation == "local", max_windows=max_windows)
         done = int(done)
         residuals = np.asarray(residuals[:done], dtype=np.float64)
+        if not np.all(np.isfinite(residuals)):     # an overflowed grid would pass the test residual < tolerance
+            bar.close()
+            raise SolverError(f"{model.name}/{game}: the value function overflowed (inf / NaN) by t = "
+                              f"{chunk.start + chunk.length * done:g} s (gamma = {gamma:g} 1/s: with gamma > 0, V < 0 "
+                              "grows like exp(gamma t)); nothing is published: use a smaller gamma or max_horizon")
         res_t.extend(chunk.start + chunk.length * (k + 1) for k in range(done))
         res_v.extend(residuals.tolist())
         n_steps_total += done * n_steps

@@ -353,12 +353,11 @@ def parse_spec(data: dict, path: str | Path = "<spec>", name: str | None = None)
 def _effort_errors(model, grid: dict[str, dict], s: SolverConfig) -> list[str]:
     """Horizons that would take more than MAX_STEPS solver time steps (a horizon of 1e300 s never ends)."""
     from reach.grid import GridSpec
+    from reach.solver import cfl_step
 
     gs = GridSpec(lo=[grid[d]["lo"] for d in model.state_names], hi=[grid[d]["hi"] for d in model.state_names],
                   points=[grid[d]["points"] for d in model.state_names])
-    # the solver's CFL step (reach.solver.solve): the model's rate bounds over the grid box, per node spacing
-    rate = float((model.dissipation_bounds(gs.lo, gs.hi) / gs.spacings(model)).sum())
-    dt_cfl = s.cfl / rate if rate > 0 else math.inf
+    dt_cfl = cfl_step(model, gs, s)
     errors = []
     for field, horizon, step in (
             ("max_horizon", s.max_horizon, min(dt_cfl, s.window)),

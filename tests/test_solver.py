@@ -5,7 +5,7 @@ import pytest
 
 from reach.grid import GridSpec, make_grid
 from reach.models import get_model
-from reach.solver import SolverSettings, central_gradient, solve, target_function
+from reach.solver import SolverError, SolverSettings, central_gradient, solve, target_function
 
 QUAD = get_model("quadrotor")
 SMALL = GridSpec((-3, -3, -2, -2), (3, 3, 2, 2), (19, 19, 13, 13))
@@ -112,6 +112,15 @@ def test_cbvf_discount_keeps_sign_and_moves_away_from_zero():
     assert np.all(disc.value[unsafe] <= v_d[unsafe] + 2e-3)
     assert np.all(disc.value[safe] > 0) and np.all(disc.value[unsafe] < 0)
     assert np.max(disc.value - v_d) > 0.05  # the discount does change the value
+
+
+def test_overflowing_values_are_an_error_not_a_converged_grid():
+    """With gamma > 0, V < 0 grows like exp(gamma t): a long horizon overflows float32. Before, the -inf residual
+    passed the test residual < tolerance and the grid was published as converged."""
+    tiny = GridSpec((-2, -2, -1, -1), (2, 2, 1, 1), (11, 11, 7, 7))
+    settings = SolverSettings(tolerance=0.005, window=0.2, chunk=0.2, max_horizon=4.0)
+    with pytest.raises(SolverError, match="overflowed .* by t = 3.6 s"):
+        solve(QUAD, tiny, "cooperative", settings, gamma=10.0, safety_distance=0.5, progress=False)
 
 
 class MemoryCheckpoint:
