@@ -41,10 +41,11 @@ def kernel_array(x, width: int, what: str, rows: int | None = None) -> np.ndarra
     copied only when it is not one already: a read-only array (np.frombuffer, a JAX array) does not type-check
     against the models' compiled signatures, and every other layout would compile a kernel of its own. ValueError
     (the client's `StateError`) for another shape or a non-real dtype."""
-    a = real_array(x, what)
+    a = x if type(x) is np.ndarray and x.dtype == np.float64 else real_array(x, what)    # the loop's common case
     if a.ndim != 2 or a.shape[1] != width or (rows is not None and a.shape[0] != rows):
         raise ValueError(f"{what} must have shape ({'N' if rows is None else rows}, {width}), got {a.shape}")
-    return np.require(a, requirements=("C", "A", "W"))
+    f = a.flags
+    return a if f.c_contiguous and f.writeable and f.aligned else np.require(a, requirements=("C", "A", "W"))
 
 
 def intervened_flags(model, states: np.ndarray, safe: np.ndarray, controls: np.ndarray) -> np.ndarray:
