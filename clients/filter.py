@@ -98,6 +98,7 @@ from numba import njit, types
 from clients import interp
 from clients.neighbors import neighbor_lists
 from clients.value_function import StateError, ValueFunction, real_array
+from reach.models.base import kernel_layout
 
 # per-agent status codes
 NO_PARTNER = 0      # no neighbour: nominal action (clipped to the box) applied
@@ -1522,9 +1523,8 @@ def _is_int(x) -> bool:
 
 
 def _compiled_layout(*arrays) -> tuple:
-    """The arrays as the kernels' compiled argument types take them: C-contiguous and writeable (copies of the
-    others)."""
-    return tuple(a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C") for a in arrays)
+    """The arrays as the kernels' compiled argument types take them (`reach.models.base.kernel_layout`)."""
+    return tuple(kernel_layout(a) for a in arrays)
 
 
 def _f64(x) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 from clients.value_function import real_array
+from reach.models.base import kernel_layout
 
 from .nominal import WAYPOINT_THRESHOLDS, default_tracker, waypoint_reached
 from .scenarios import Scenario
@@ -44,8 +45,7 @@ def kernel_array(x, width: int, what: str, rows: int | None = None) -> np.ndarra
     a = x if type(x) is np.ndarray and x.dtype == np.float64 else real_array(x, what)    # the loop's common case
     if a.ndim != 2 or a.shape[1] != width or (rows is not None and a.shape[0] != rows):
         raise ValueError(f"{what} must have shape ({'N' if rows is None else rows}, {width}), got {a.shape}")
-    f = a.flags
-    return a if f.c_contiguous and f.writeable and f.aligned else np.require(a, requirements=("C", "A", "W"))
+    return kernel_layout(a)
 
 
 def intervened_flags(model, states: np.ndarray, safe: np.ndarray, controls: np.ndarray) -> np.ndarray:
