@@ -72,13 +72,28 @@ def _parse_float(token: str) -> float:
     return float(t)
 
 
+def output_dir_problem(out: Path, writable: bool = True) -> str | None:
+    """Why ``out`` cannot be (made) a directory, writable if asked, or None; creates nothing (`reach simulate`'s
+    --out, the store and `reach plot`'s folder are checked before any computation)."""
+    if out.exists() or out.is_symlink():
+        if out.is_dir():
+            return None if not writable or os.access(out, os.W_OK | os.X_OK) else "the directory is not writable"
+        return "is a file, not a directory" if out.is_file() else "is not a directory"
+    parent = out.absolute().parent
+    while not parent.exists():    # the nearest existing ancestor is where mkdir(parents=True) starts
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create it: {parent} is a file, not a directory"
+    if writable and not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create it: {parent} is not writable"
+    return None
+
+
 def _check_dir(path: Path, what: str) -> None:
-    """Usage error unless ``path`` is a directory or can be created as one (checked before any computation)."""
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise _UsageError(f"{what}: {p} is not a directory")
-            return
+    """Usage error unless ``path`` is a directory or can be created as one (a read-only store may still serve)."""
+    problem = output_dir_problem(path, writable=False)
+    if problem:
+        raise _UsageError(f"{what}: {path}: {problem}")
 
 
 # ------------------------------------------------------------------------------------------ commands

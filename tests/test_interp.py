@@ -114,16 +114,22 @@ def test_safety_distance_shift_and_default():
             vf.value(pts, bad)
 
 
-def test_periodic_heading_wraps():
-    rng = np.random.default_rng(2)
-    model = get_model("air_taxi")
-    nth = 8
+def random_taxi_grid(seed: int, nth: int = 8):
+    """A random air-taxi value function on a coarse grid with nth headings: (vf, coords, value)."""
+    rng = np.random.default_rng(seed)
     th = -math.pi + 2 * math.pi * np.arange(nth) / nth
     coords = [np.linspace(-3000, 3000, 7), np.linspace(-3000, 3000, 7), th,
               np.linspace(30.87, 90.03, 3), np.linspace(30.87, 90.03, 3)]
     value = rng.normal(size=tuple(len(c) for c in coords))
     grad = rng.normal(size=value.shape + (5,))
-    vf = ValueFunction.from_dataset(make_dataset("air_taxi", "cooperative", coords, value, grad))
+    return ValueFunction.from_dataset(make_dataset("air_taxi", "cooperative", coords, value, grad)), coords, value
+
+
+def test_periodic_heading_wraps():
+    model = get_model("air_taxi")
+    nth = 8
+    vf, coords, value = random_taxi_grid(2, nth)
+    th = coords[2]
     assert model.periodic == (False, False, True, False, False)
     base = np.array([[100.0, -250.0, 0.3, 40.0, 80.0]])
     v1, g1 = vf.value_and_gradient(base, 0.0)
@@ -148,14 +154,7 @@ def test_periodic_heading_wraps():
 def test_huge_headings_wrap_exactly():
     """Headings of many turns (up to the largest float) answer for the heading they are, reduced exactly,
     never extrapolate nor give NaN (before, (x - lo) / dx lost the cell beyond ~1e16 and overflowed near 1e308)."""
-    rng = np.random.default_rng(3)
-    nth = 8
-    th = -math.pi + 2 * math.pi * np.arange(nth) / nth
-    coords = [np.linspace(-3000, 3000, 7), np.linspace(-3000, 3000, 7), th,
-              np.linspace(30.87, 90.03, 3), np.linspace(30.87, 90.03, 3)]
-    value = rng.normal(size=tuple(len(c) for c in coords))
-    grad = rng.normal(size=value.shape + (5,))
-    vf = ValueFunction.from_dataset(make_dataset("air_taxi", "cooperative", coords, value, grad))
+    vf, _, value = random_taxi_grid(3)
     lo, inv_dx, npts = (a[2] for a in vf._geom[:3])
     period = npts / inv_dx      # the grid's period as the kernel holds it (a float near 2 pi)
     for heading in (1e7, -3e9, 1e20, -1e20, 1.7e308, -1.7e308, 4.4e15 * math.pi):

@@ -13,13 +13,14 @@ The store (``--store``, default ``$REACH_STORE`` or ``./store``) provides ``<mod
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from reach.cli import output_dir_problem
 
 from .baselines import FILTER_NAMES, make_filter
 from .metrics import Row, aggregate, markdown_table, write_csv
@@ -170,28 +171,12 @@ def write_outputs(name: str, rows: list[Row], results: dict[str, list[EpisodeRes
     return paths
 
 
-def output_dir_problem(out: Path) -> str | None:
-    """Why ``out`` cannot be (made) the output directory, or None. Checked before any episode runs (``mkdir``
-    would fail only after them), without creating it: it is created when there is something to write, so that a
-    failed run leaves no empty directory."""
-    if out.exists() or out.is_symlink():
-        if out.is_dir():
-            return None if os.access(out, os.W_OK | os.X_OK) else "the directory is not writable"
-        return "is a file, not a directory" if out.is_file() else "is not a directory"
-    parent = out.absolute().parent
-    while not parent.exists():    # the nearest existing ancestor is where mkdir(parents=True) starts
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"cannot create it: {parent} is a file, not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot create it: {parent} is not writable"
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     names = sorted(SCENARIOS) if args.scenario == "all" else [args.scenario]
     filters = list(FILTER_NAMES) if args.filter == "all" else [args.filter]
     out = Path(args.out)
+    # checked before any episode runs (mkdir would fail only after them); created when there is something to
+    # write, so that a failed run leaves no empty directory
     problem = output_dir_problem(out)
     if problem:
         print(f"reach simulate: --out {out}: {problem}", file=sys.stderr)

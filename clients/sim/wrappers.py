@@ -430,17 +430,16 @@ class NavigationAdapter:
         # the env's own checks (shape, unknown agents, NaN), so that a wrapped env fails as the bare one does
         base = getattr(env, "unwrapped", env)
         if isinstance(base, NavigationParallelEnv):
-            rows = base.core.agent_actions(actions, base._index)
-            a = rows[[base.index(x) for x in ids]]
-            return self.center + self.half * np.clip(a, -1.0, 1.0)
-        if isinstance(base, NavigationEnv):
-            actions = base.core.joint_actions(actions)
-        fast = _joint_rows(actions, ids, self.model.n_controls)
-        if fast is not None:  # one kernel, the same arithmetic as below
-            out, ok = _actions_to_controls_kernel(fast[0], fast[1], self.center, self.half)
-            if ok:
-                return out
-        a = np.asarray(actions, float)[np.asarray(ids, int)]
+            a = base.core.agent_actions(actions, base._index)[[base.index(x) for x in ids]]
+        else:
+            if isinstance(base, NavigationEnv):
+                actions = base.core.joint_actions(actions)
+            fast = _joint_rows(actions, ids, self.model.n_controls)
+            if fast is not None:  # one kernel, the same arithmetic as below
+                out, ok = _actions_to_controls_kernel(fast[0], fast[1], self.center, self.half)
+                if ok:
+                    return out
+            a = np.asarray(actions, float)[np.asarray(ids, int)]
         return self.center + self.half * np.clip(a, -1.0, 1.0)
 
     def controls_to_actions(self, env, ids, controls, actions):
