@@ -400,6 +400,7 @@ def _build_kernels(model):
     aff = model.kernels.affine_terms
     bnd = model.kernels.agent_control_bounds
     rel_into = model.kernels.relative_state_into
+    rel_row = model.kernels.relative_state_row
     step_into = model.kernels.step_agents_into
     k_dim = model.n_agent_states
     m = model.n_controls
@@ -538,7 +539,7 @@ def _build_kernels(model):
                 j = indices[e]
                 nb[p] = j
                 E_of[p] = i
-                rel_into(states[i:i + 1], states[j:j + 1], S[p:p + 1])
+                rel_row(states, i, states, j, S, p)
                 p += 1
 
     @njit(nogil=True, _nrt=False)

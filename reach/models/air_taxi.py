@@ -34,17 +34,23 @@ def wrap_angle(a):
     return (a + math.pi) % (2.0 * math.pi) - math.pi
 
 
+@njit(cache=True, inline="always")
+def relative_state_row(ego, i, other, j, s, p):
+    """s[p] = relative state of other[j] seen from ego[i] (one pair of rows; inlined into the caller's loop)."""
+    c, sn = math.cos(ego[i, 2]), math.sin(ego[i, 2])
+    dx, dy = other[j, 0] - ego[i, 0], other[j, 1] - ego[i, 1]
+    s[p, 0] = c * dx + sn * dy
+    s[p, 1] = -sn * dx + c * dy
+    s[p, 2] = wrap_angle(other[j, 2] - ego[i, 2])
+    s[p, 3] = ego[i, 3]
+    s[p, 4] = other[j, 3]
+
+
 @njit(types.void(_F2, _F2, _F2), cache=True)
 def relative_state_into(ego, other, s):
     """`relative_state` written into s (N,5)."""
     for k in range(ego.shape[0]):
-        c, sn = math.cos(ego[k, 2]), math.sin(ego[k, 2])
-        dx, dy = other[k, 0] - ego[k, 0], other[k, 1] - ego[k, 1]
-        s[k, 0] = c * dx + sn * dy
-        s[k, 1] = -sn * dx + c * dy
-        s[k, 2] = wrap_angle(other[k, 2] - ego[k, 2])
-        s[k, 3] = ego[k, 3]
-        s[k, 4] = other[k, 3]
+        relative_state_row(ego, k, other, k, s, k)
 
 
 @njit(_F2(_F2, _F2), cache=True)
@@ -229,7 +235,7 @@ MODEL = Model(
     parameters={"omega_max": OMEGA_MAX, "a_min": A_MIN, "a_max": A_MAX, "v_min": V_MIN, "v_max": V_MAX,
                 "v_nominal": 56.6},
     kernels=Kernels(relative_state, affine_terms, agent_control_bounds, relative_control_bounds, step_agents,
-                    relative_state_into, step_agents_into),
+                    relative_state_into, step_agents_into, relative_state_row),
     jax_terms=JaxTerms(jax_affine, jax_control_bounds),
     dissipation=dissipation,
 )

@@ -34,6 +34,9 @@ class Kernels:
     step_agents(x (N,k), u (N,m), dt) -> (N,k)
     relative_state_into(ego, other, out (N,n)), step_agents_into(x, u, dt, out (N,k)): the same, written into the
         caller's array (the filter's sampled-data check calls them at every check time without allocating)
+    relative_state_row(ego, i, other, j, out, p): out[p] = the relative state of other[j] seen from ego[i], for
+        per-pair loops (inline="always", so a loop over neighbour lists pays no call and no row slices; the batch
+        kernels above loop over it, so the formula exists once)
     """
     relative_state: Callable
     affine_terms: Callable
@@ -42,6 +45,7 @@ class Kernels:
     step_agents: Callable
     relative_state_into: Callable
     step_agents_into: Callable
+    relative_state_row: Callable
 
 
 @dataclasses.dataclass(frozen=True)

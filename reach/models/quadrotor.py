@@ -23,12 +23,18 @@ _F2 = float64[:, :]
 _F3 = float64[:, :, :]
 
 
+@njit(cache=True, inline="always")
+def relative_state_row(ego, i, other, j, out, p):
+    """out[p] = relative state of other[j] seen from ego[i] (one pair of rows; inlined into the caller's loop)."""
+    for z in range(4):
+        out[p, z] = other[j, z] - ego[i, z]
+
+
 @njit(types.void(_F2, _F2, _F2), cache=True)
 def relative_state_into(ego, other, out):
     """`relative_state` written into out (N,4)."""
     for k in range(ego.shape[0]):
-        for j in range(4):
-            out[k, j] = other[k, j] - ego[k, j]
+        relative_state_row(ego, k, other, k, out, k)
 
 
 @njit(_F2(_F2, _F2), cache=True)
@@ -160,7 +166,7 @@ MODEL = Model(
     safety_distance=0.5,
     parameters={"a_max": A_MAX, "v_max": V_MAX},
     kernels=Kernels(relative_state, affine_terms, agent_control_bounds, relative_control_bounds, step_agents,
-                    relative_state_into, step_agents_into),
+                    relative_state_into, step_agents_into, relative_state_row),
     jax_terms=JaxTerms(jax_affine, jax_control_bounds),
     dissipation=dissipation,
 )
