@@ -432,13 +432,16 @@ class NavigationAdapter:
         if isinstance(base, NavigationParallelEnv):
             a = base.core.agent_actions(actions, base._index)[[base.index(x) for x in ids]]
         else:
-            if isinstance(base, NavigationEnv):
-                actions = base.core.joint_actions(actions)
+            joint = isinstance(base, NavigationEnv)
             fast = _joint_rows(actions, ids, self.model.n_controls)
-            if fast is not None:  # one kernel, the same arithmetic as below
-                out, ok = _actions_to_controls_kernel(fast[0], fast[1], self.center, self.half)
-                if ok:
+            # one kernel, the same arithmetic as below; for the built-in joint env it also does the env's checks
+            # (shape, NaN anywhere) and leaves their errors to joint_actions (validating twice cost ~7 us a step)
+            if fast is not None and (not joint or fast[0].shape[0] == base.core.n):
+                out, code = _actions_to_controls_kernel(fast[0], fast[1], self.center, self.half, joint)
+                if code == 0:
                     return out
+            if joint:
+                actions = base.core.joint_actions(actions)
             a = np.asarray(actions, float)[np.asarray(ids, int)]
         return self.center + self.half * np.clip(a, -1.0, 1.0)
 
@@ -483,13 +486,19 @@ def _rows_in_range(ids, n):
 
 
 @njit(cache=True, nogil=True)
-def _actions_to_controls_kernel(actions, ids, center, half):
-    """center + half * clip(float64(actions[ids]), -1, 1) (NaN passes through, as with np.clip); ok = False (and
-    nothing computed) when an id is outside [0, N)."""
+def _actions_to_controls_kernel(actions, ids, center, half, require_no_nan):
+    """center + half * clip(float64(actions[ids]), -1, 1) (NaN passes through, as with np.clip). code 0: done;
+    1: an id outside [0, N); 2: require_no_nan and some entry of actions (any row) is NaN, which the env rejects
+    (nothing computed unless 0)."""
     m = actions.shape[1]
     out = np.empty((ids.shape[0], m))
     if not _rows_in_range(ids, actions.shape[0]):
-        return out, False
+        return out, 1
+    if require_no_nan:
+        for r in range(actions.shape[0]):
+            for z in range(m):
+                if math.isnan(actions[r, z]):
+                    return out, 2
     for r in range(ids.shape[0]):
         for z in range(m):
             a = np.float64(actions[ids[r], z])
@@ -498,7 +507,7 @@ def _actions_to_controls_kernel(actions, ids, center, half):
             elif a > 1.0:
                 a = 1.0
             out[r, z] = center[z] + half[z] * a
-    return out, True
+    return out, 0
 
 
 @njit(cache=True, nogil=True)
