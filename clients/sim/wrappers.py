@@ -303,8 +303,9 @@ class _NavigationCore:
 
 def _no_nan(actions: np.ndarray, names: Sequence | None = None) -> None:
     """ValueError naming the agents (their `names`, else row indices) whose action (N, m) holds NaN."""
-    bad = np.flatnonzero(np.isnan(actions).any(axis=1))
-    if bad.size:
+    nan = np.isnan(actions)
+    if nan.any():       # the per-row search only once there is a NaN (done for every action, it cost ~4 us)
+        bad = np.flatnonzero(nan.any(axis=1))
         raise ValueError(f"action contains NaN for agents {bad.tolist() if names is None else [names[i] for i in bad]}")
 
 
@@ -432,16 +433,13 @@ class NavigationAdapter:
         if isinstance(base, NavigationParallelEnv):
             a = base.core.agent_actions(actions, base._index)[[base.index(x) for x in ids]]
         else:
-            joint = isinstance(base, NavigationEnv)
-            fast = _joint_rows(actions, ids, self.model.n_controls)
-            # one kernel, the same arithmetic as below; for the built-in joint env it also does the env's checks
-            # (shape, NaN anywhere) and leaves their errors to joint_actions (validating twice cost ~7 us a step)
-            if fast is not None and (not joint or fast[0].shape[0] == base.core.n):
-                out, code = _actions_to_controls_kernel(fast[0], fast[1], self.center, self.half, joint)
-                if code == 0:
-                    return out
-            if joint:
+            if isinstance(base, NavigationEnv):
                 actions = base.core.joint_actions(actions)
+            fast = _joint_rows(actions, ids, self.model.n_controls)
+            if fast is not None:  # one kernel, the same arithmetic as below
+                out, ok = _actions_to_controls_kernel(fast[0], fast[1], self.center, self.half)
+                if ok:
+                    return out
             a = np.asarray(actions, float)[np.asarray(ids, int)]
         return self.center + self.half * np.clip(a, -1.0, 1.0)
 
@@ -486,19 +484,13 @@ def _rows_in_range(ids, n):
 
 
 @njit(cache=True, nogil=True)
-def _actions_to_controls_kernel(actions, ids, center, half, require_no_nan):
-    """center + half * clip(float64(actions[ids]), -1, 1) (NaN passes through, as with np.clip). code 0: done;
-    1: an id outside [0, N); 2: require_no_nan and some entry of actions (any row) is NaN, which the env rejects
-    (nothing computed unless 0)."""
+def _actions_to_controls_kernel(actions, ids, center, half):
+    """center + half * clip(float64(actions[ids]), -1, 1) (NaN passes through, as with np.clip); ok = False (and
+    nothing computed) when an id is outside [0, N)."""
     m = actions.shape[1]
     out = np.empty((ids.shape[0], m))
     if not _rows_in_range(ids, actions.shape[0]):
-        return out, 1
-    if require_no_nan:
-        for r in range(actions.shape[0]):
-            for z in range(m):
-                if math.isnan(actions[r, z]):
-                    return out, 2
+        return out, False
     for r in range(ids.shape[0]):
         for z in range(m):
             a = np.float64(actions[ids[r], z])
@@ -507,7 +499,7 @@ def _actions_to_controls_kernel(actions, ids, center, half, require_no_nan):
             elif a > 1.0:
                 a = 1.0
             out[r, z] = center[z] + half[z] * a
-    return out, 0
+    return out, True
 
 
 @njit(cache=True, nogil=True)
