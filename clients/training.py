@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 from numba import njit
 
-from clients.neighbors import nearest_distances, neighbor_lists
+from clients.neighbors import close_pairs, nearest_distances, neighbor_lists
 from clients.value_function import real_array
 
 
@@ -162,9 +162,12 @@ def conflict_range_at(rc_fn: Callable[[float], float], d: float) -> float:
 @njit(cache=True, nogil=True)
 def _count_kernel(pos, d, rc, want_nearest):
     """Per agent: another agent closer than d (near), the number of others inside R_c (n_rc), the conflict flag
-    (n_rc > 1), the nearest-neighbour distance (from the cell list within max(d, R_c); with want_nearest also a
-    ring search (`clients.neighbors.nearest_distances`) for the agents with no neighbour in that range, so exact for
-    every agent; else inf for those; inf for a single agent), and the numbers of near-collision and conflict agents.
+    (n_rc > 1), the nearest-neighbour distance, and the numbers of near-collision and conflict agents. One sweep
+    over the close pairs (cell list) within r = max(d, R_c), or with want_nearest within 2 r: the counts take the
+    pairs closer than d and R_c, and every agent with a neighbour within the sweep has its exact nearest distance
+    from it (a ring search, `clients.neighbors.nearest_distances`, finds it for the others; without
+    want_nearest they keep inf, as does a single agent). The wider sweep costs at most the pairs within 2 r, and
+    spares the ring search for most agents of a crowd (dense quadrotor scenario, 100 agents: 12.9 -> 6.3 us).
     ok = False when a position is not finite (nothing else is then computed)."""
     n = pos.shape[0]
     near = np.zeros(n, dtype=np.bool_)
@@ -174,20 +177,24 @@ def _count_kernel(pos, d, rc, want_nearest):
     for i in range(n):
         if not (math.isfinite(pos[i, 0]) and math.isfinite(pos[i, 1])):
             return near, n_rc, nearest, conflict, 0, 0, False
-    indptr, indices = neighbor_lists(pos, max(d, rc))
-    for i in range(n):
-        for e in range(indptr[i], indptr[i + 1]):
-            j = indices[e]
-            dx = pos[j, 0] - pos[i, 0]
-            dy = pos[j, 1] - pos[i, 1]
-            d2 = dx * dx + dy * dy
-            dij = math.sqrt(d2)
-            if dij < d:
-                near[i] = True
-            if dij < rc:
-                n_rc[i] += 1
-            if d2 < nearest[i] * nearest[i]:
-                nearest[i] = dij
+    pa, pb = close_pairs(pos, (2.0 if want_nearest else 1.0) * max(d, rc))
+    for e in range(pa.shape[0]):
+        i = pa[e]
+        j = pb[e]
+        dx = pos[j, 0] - pos[i, 0]
+        dy = pos[j, 1] - pos[i, 1]
+        d2 = dx * dx + dy * dy
+        dij = math.sqrt(d2)
+        if dij < d:
+            near[i] = True
+            near[j] = True
+        if dij < rc:
+            n_rc[i] += 1
+            n_rc[j] += 1
+        if d2 < nearest[i] * nearest[i]:
+            nearest[i] = dij
+        if d2 < nearest[j] * nearest[j]:
+            nearest[j] = dij
     if want_nearest:
         nearest_distances(pos, nearest)
     n_near = 0

@@ -687,6 +687,33 @@ def test_settings_assigned_later_are_checked_and_defaults_follow(vfs):
 
 
 @pytest.mark.parametrize("name", ["quadrotor", "air_taxi"])
+@pytest.mark.parametrize("block", [None, 2, 3])
+def test_norm_deficit_tables_bound_the_value_from_below(vfs, name, block):
+    """V0(s) >= ||p|| - C at random states in (and beyond) the grid, for the table over all positions and the
+    per-block tables (`_block_cell`; a block size that does not divide the cells leaves a smaller last block),
+    and every block's C is at most the all-positions C of its cell (the finer table only tightens the bound)."""
+    from clients.filter import _block_cell, _n_blocks, _table_cell, norm_deficit_table
+
+    for vf in vfs[name].values():
+        packed, lo, inv_dx, npts, per, _ = vf.kernel_args()
+        coarse, strides = norm_deficit_table(vf)
+        table, strides_b = norm_deficit_table(vf, block)
+        np.testing.assert_array_equal(strides, strides_b)
+        nby = _n_blocks(vf.shape, block)[1] if block else 1
+        assert np.all(table.reshape(-1, coarse.shape[0]) <= coarse)
+        rng = np.random.default_rng(3)
+        s = rng.uniform(vf.lo, vf.hi, size=(4000, vf.n))
+        s[:200, :2] *= 1.5          # some beyond the position extent (V = +inf)
+        d = vf.effective_safety_distance()
+        v0 = vf.value(s, d) + vf.shift(d)
+        cells = [_table_cell(s, p, vf.n, lo, inv_dx, npts, per, strides)[0] for p in range(len(s))]
+        c = table[[_block_cell(s, p, lo, inv_dx, npts, block or 1 << 30, nby, coarse.shape[0], cells[p])
+                   for p in range(len(s))]]
+        assert np.all(v0 >= np.hypot(s[:, 0], s[:, 1]) - c)
+        assert np.isinf(v0[:200]).any() and np.isfinite(v0[200:]).all()
+
+
+@pytest.mark.parametrize("name", ["quadrotor", "air_taxi"])
 def test_local_rate_table_bounds_the_barrier_over_one_period(vfs, name):
     """|B(s(tau)) - B(s0)| <= Lambda[cell of s0] tau for random pairs inside the grid and random box controls
     held over tau <= dt (the bound that lets the filter skip a sampled-data check), and Lambda never exceeds the

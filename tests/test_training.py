@@ -100,8 +100,8 @@ def test_nearest_distances_is_exact(layout):
 
 @pytest.mark.parametrize("n, spread", [(0, 1.0), (1, 1.0), (2, 50.0), (40, 3.0), (40, 40.0), (300, 20.0)])
 def test_update_with_nearest_matches_update_and_all_pairs(n, spread):
-    """One cell-list pass gives the same counts as `update` and every agent's exact nearest distance (also for
-    agents with nobody within max(d, R_c): all pairs for those)."""
+    """One cell-list pass gives the same counts as `update` and as all pairs, and every agent's exact nearest
+    distance (also for agents with nobody within the sweep's 2 max(d, R_c): the ring search for those)."""
     from clients.sim.simulator import nearest_and_count
 
     pos = np.random.default_rng(n).uniform(0.0, spread, size=(n, 2))
@@ -115,6 +115,10 @@ def test_update_with_nearest_matches_update_and_all_pairs(n, spread):
     assert (a.samples, a.near_collisions, a.conflicts) == (b.samples, b.near_collisions, b.conflicts)
     expect = nearest_and_count(pos, 0.0)[0] if n > 1 else np.full(n, np.inf)
     np.testing.assert_array_equal(nearest, expect)
+    # the counts against all pairs (the same comparisons of the rounded distance)
+    dist = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)) + np.diag(np.full(n, np.inf))
+    np.testing.assert_array_equal(near, (dist < 0.5).any(axis=1))
+    np.testing.assert_array_equal(n_rc, (dist < 1.0).sum(axis=1))
     with pytest.raises(ValueError, match="finite"):
         b.update_with_nearest(np.array([[0.0, 0.0], [np.nan, 1.0]]))
 
