@@ -10,8 +10,9 @@ this code).
 Speed: the 4-D and 5-D kernels are unrolled with scalar accumulators, and the point kernels are compiled without
 numba's reference counting (`_nrt=False`: they allocate nothing), so a call from another kernel costs no atomic
 increments. `interp_batch` locates blocks of points and prefetches their corner rows before summing them, which
-overlaps the memory latency of points spread over a grid larger than the caches (quadrotor 31^4: ~560 -> ~160-210
-ns a point; ~80-95 ns when the rows are in cache; benchmarks/client.py).
+overlaps the memory latency of points spread over a grid larger than the caches (benchmarks/client.py; value and
+gradient, points uniform over the grid, 2-core EPYC, 2026-12-07: quadrotor 31^4 58-75 ns, air taxi 105-112 ns, where
+prefetching only each row's first cache line took 65-100 and 168-253 ns in the same process).
 
 Domain rules (docs/contract.md):
 - a periodic dimension (heading) wraps: any finite coordinate is accepted;
@@ -148,19 +149,19 @@ def _axis(x, d, lo, inv_dx, npts, periodic, strides):
 
 
 @intrinsic
-def _prefetch_row(typingctx, arr, row):
-    """Hint the CPU to load the cache line holding arr[row, 0] (a 2-D C array); no effect on results."""
+def _prefetch(typingctx, arr, row, col):
+    """Hint the CPU to load the cache line holding arr[row, col] (a 2-D C array); no effect on results."""
     def codegen(context, builder, sig, args):
         aryty = sig.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], context.get_constant(types.intp, 0)])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]])
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
                                             "llvm.prefetch.p0")
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])   # read, keep in all caches, data
         return context.get_dummy_value()
-    return types.none(arr, types.intp), codegen
+    return types.none(arr, types.intp, types.intp), codegen
 
 
 # The 4-D and 5-D kernels are split in two: `_axesN` (per dim: status, row offsets of the lower and upper node,
@@ -185,14 +186,18 @@ def _axes4(lo, inv_dx, npts, periodic, strides, states, row):
 
 @njit(cache=True, nogil=True, inline="always")
 def _prefetch4(packed, a0, b0, a1, b1, a2, b2, a3, b3):
+    # the last dim's two nodes are adjacent rows (but at a periodic wrap): the first one's start and the second
+    # one's end are on the one or two cache lines the pair spans (the first row's start alone missed the second
+    # line of about a third of the pairs of 20-byte rows, a demand miss each)
+    last = packed.shape[1] - 1
     for c0 in range(2):
         r0 = a0 if c0 == 0 else b0
         for c1 in range(2):
             r1 = r0 + (a1 if c1 == 0 else b1)
-            _prefetch_row(packed, r1 + a2 + a3)
-            _prefetch_row(packed, r1 + a2 + b3)
-            _prefetch_row(packed, r1 + b2 + a3)
-            _prefetch_row(packed, r1 + b2 + b3)
+            _prefetch(packed, r1 + a2 + a3, 0)
+            _prefetch(packed, r1 + a2 + b3, last)
+            _prefetch(packed, r1 + b2 + a3, 0)
+            _prefetch(packed, r1 + b2 + b3, last)
 
 
 @njit(cache=True, nogil=True, inline="always")
