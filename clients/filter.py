@@ -69,7 +69,8 @@ best_effort keeps the guarantee above.
 
 Performance: all kernels are numba, no Python per agent: the cell list visits each close pair once; the
 prioritization evaluates the nearest neighbour first and skips the lookup of any neighbour whose lower bound B >=
-min(||p|| - C - shift, ||p|| - d) exceeds the best so far, and the Prop. 1 count skips the worst-case lookup where
+min(||p|| - C - shift, ||p|| - d) exceeds the best so far (the nearest neighbours' grid rows are prefetched a few
+targets ahead: in a training loop the env's own work evicts them between steps), and the Prop. 1 count skips the worst-case lookup where
 that bound already gives B_w > 0. C comes from a small table over the cells of the non-position coordinates
 (`norm_deficit_table`: max of ||p_node|| - V0_node over the cell's nodes; multilinear weights reproduce p and the
 norm is convex, so V_interp(s) >= ||p|| - C exactly); a neighbour that bound does not skip is tested again with C of
@@ -416,6 +417,7 @@ _I_GRIDS = 8
 # ftab: the mode's `norm_deficit_table` per block of this many position cells, the second test of a lookup the
 # first (mtab) did not skip
 _NORM_BLOCK = 8
+_AHEAD = 8         # targets whose nearest neighbour's grid rows are prefetched ahead of the one worked on
 # bool `bc`: these flags, then periodic (n each) of g, w, c
 _B_COOPERATIVE, _B_HAS_W, _B_HAS_C, _B_VERTEX_SEARCH, _B_W_SAME = range(5)
 _B_GRIDS = 5
@@ -662,19 +664,17 @@ def _build_kernels(model):
             err[2] = nb[p]
             return err
         # ---- prioritization, conflict-range counts, Prop. 1
-        pbuf = np.empty((4, T), dtype=np.int64)
+        pbuf = np.empty((5, T), dtype=np.int64)
         pair_t = pbuf[0]
         pa = pbuf[1]
         pb = pbuf[2]
         best_st = pbuf[3]       # status of the partner's lookup (OK: inside the grid)
+        nearest = pbuf[4]       # entry of the nearest neighbour (-1: none): always looked up
         for t in range(T):
-            i = targets[t]
-            p0 = off[t]
-            p1 = off[t + 1]
             near_p = -1
             near_d = math.inf
             cnt = 0
-            for p in range(p0, p1):
+            for p in range(off[t], off[t + 1]):
                 dd = dist[p]
                 if dd < rc:
                     cnt += 1
@@ -682,6 +682,20 @@ def _build_kernels(model):
                     near_d = dd
                     near_p = p
             n_in_rc[t] = cnt if rc == rc else -1      # -1: no R_c known
+            nearest[t] = near_p
+        # the nearest neighbours' lookups are most of the prioritization's; their grid rows are requested
+        # _AHEAD targets in advance, so that they arrive while earlier targets are worked on (in a training loop the
+        # env's own work evicts them from the caches between steps)
+        for t in range(min(_AHEAD, T)):
+            if nearest[t] >= 0:
+                interp.prefetch_point(gp, glo, ginv, gn, gper, gstr, S, nearest[t])
+        for t in range(T):
+            if t + _AHEAD < T and nearest[t + _AHEAD] >= 0:
+                interp.prefetch_point(gp, glo, ginv, gn, gper, gstr, S, nearest[t + _AHEAD])
+            i = targets[t]
+            p0 = off[t]
+            p1 = off[t + 1]
+            near_p = nearest[t]
             best = math.inf
             best_j = -1
             for kk in range(p1 - p0 + 1):       # the nearest neighbour first, then the others

@@ -384,6 +384,23 @@ def interp_point(packed, lo, inv_dx, npts, periodic, strides, states, row, shift
                            rows, wts)
 
 
+@njit(cache=True, nogil=True, _nrt=False)
+def prefetch_point(packed, lo, inv_dx, npts, periodic, strides, states, row):
+    """Hint the CPU to load the corner rows a lookup of states[row] will read (4-D and 5-D grids; nothing for other
+    grids or a point outside the grid). No effect on results: a caller issues it some lookups ahead so that the
+    rows arrive while it works on others."""
+    n = states.shape[1]
+    if n == 4:
+        st, a0, b0, a1, b1, a2, b2, a3, b3, t0, t1, t2, t3 = _axes4(lo, inv_dx, npts, periodic, strides, states, row)
+        if st == OK:
+            _prefetch4(packed, a0, b0, a1, b1, a2, b2, a3, b3)
+    elif n == 5:
+        st, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, t0, t1, t2, t3, t4 = _axes5(lo, inv_dx, npts, periodic, strides,
+                                                                                states, row)
+        if st == OK:
+            _prefetch5(packed, a0, b0, a1, b1, a2, b2, a3, b3, a4, b4)
+
+
 BLOCK = 8   # points located and prefetched together in `interp_batch` (measured best of 4, 8, 16)
 
 
