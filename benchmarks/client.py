@@ -9,12 +9,13 @@ grids/quadrotor.toml --store DIR``). Three measurements (numba compilation exclu
    kernel `clients.interp.interp_batch`, for points uniform over the grid box (memory bound: the 31^4 grid is
    18 MB) and for points in a 0.5 m x 0.5 m x 0.4 m/s x 0.4 m/s box (cache resident), against
    `scipy.interpolate.RegularGridInterpolator` (linear, value and the 4 gradient components in one call);
-2. a full `LayeredSafetyFilter.filter` step for 1,000 quadrotors of the ``dense`` scenario (cooperative +
-   worst-case grids: prioritization, filter, sampled-data check, Prop. 1 diagnostics), on states recorded along
-   an episode flown with the filter (steps 5..64, like benchmarks/scenarios.py), against the reference approach
+2. a full `LayeredSafetyFilter.filter` step for 1,000 and for 10,000 quadrotors of the ``dense`` scenario
+   (cooperative + worst-case grids: prioritization, filter, sampled-data check, Prop. 1 diagnostics), on states
+   recorded along an episode flown with the filter (steps 5..64, like benchmarks/scenarios.py; 10,000 agents: steps
+   5..14), against the reference approach
    per agent: the pair values of its neighbours through RegularGridInterpolator, the minimum-value partner, and
    the CBF-QP with box bounds through a general solver (scipy SLSQP), without a sampled-data check (the reference
-   had none); the reference is timed on 100 agents per step and scaled to 1,000;
+   had none); the reference is timed on 100 agents per step and scaled to all agents;
 3. one agent with 10 neighbours from a controller loop (`filter_agent`, Python call included, with a new result
    per call and with one result rewritten in place, ``out=``): p50 / p99 over 5,000 calls (and over each case's
    fastest of its calls), against the same reference for one agent.
@@ -252,9 +253,12 @@ def main(argv=None) -> int:
               f"x{r['ref_ns'] / r['kernel_ns']:.0f} (max |diff| {r['max_abs_diff']:.1e})")
     snaps = dense_states(args.store, args.spec)
     step = bench_filter(flt, ref, snaps, rng)
-    print(f"filter step, {step['n_agents']} quadrotors dense: median {step['median_ms']:.2f} ms (p90 "
-          f"{step['p90_ms']:.2f}, max {step['max_ms']:.2f}; {step['per_agent_us']:.2f} us/agent); reference "
-          f"{step['ref_ms']:.0f} ms: x{step['ref_ms'] / step['median_ms']:.0f}")
+    # the same density with 10x the agents (fewer steps: recording the episode dominates): linear in N
+    step10 = bench_filter(flt, ref, dense_states(args.store, args.spec, n_agents=10_000, first=5, last=15), rng)
+    for row in (step, step10):
+        print(f"filter step, {row['n_agents']} quadrotors dense: median {row['median_ms']:.2f} ms (p90 "
+              f"{row['p90_ms']:.2f}, max {row['max_ms']:.2f}; {row['per_agent_us']:.2f} us/agent); reference "
+              f"{row['ref_ms']:.0f} ms: x{row['ref_ms'] / row['median_ms']:.0f}")
     singles = {"recorded from the dense episode (10 nearest neighbours)":
                bench_single(flt, ref, recorded_cases(snaps, flt.observation_range, rng)),
                "random neighbours at 0.9..3.8 m": bench_single(flt, ref, random_cases(rng))}
@@ -283,17 +287,24 @@ def main(argv=None) -> int:
                      f"{r['ref_ns']:.0f} | x{r['ref_ns'] / r['kernel_ns']:.0f} | {r['max_abs_diff']:.1e} |")
     st = step["status_mid"]
     lines += [
-        "", "## Full filter step, 1,000 quadrotors, dense scenario", "",
-        "States recorded along an episode of the `dense` scenario flown with the filter (steps 5..64); each step's "
-        "`filter` call timed (best of 3), median over the 60 steps. Cooperative + worst-case grids (prioritization, "
-        "cooperative filter, sampled-data check, vertex search, Prop. 1 diagnostics). Reference: per agent, the pair "
-        "values of its neighbours through RegularGridInterpolator, the minimum-value partner and an SLSQP QP (box + "
-        "CBF constraint, no sampled-data check), timed on 100 agents per step and scaled to 1,000.", "",
-        "| | median (ms) | p90 (ms) | max (ms) | per agent (us) |", "|---|---|---|---|---|",
-        f"| `LayeredSafetyFilter.filter` | {step['median_ms']:.2f} | {step['p90_ms']:.2f} | {step['max_ms']:.2f} | "
-        f"{step['per_agent_us']:.2f} |",
-        f"| reference (RGI + SLSQP per agent) | {step['ref_ms']:.0f} | | | {step['ref_ms']:.0f} |",
-        "", f"Ratio: x{step['ref_ms'] / step['median_ms']:.0f}. Status mix at the middle step: "
+        "", "## Full filter step, 1,000 and 10,000 quadrotors, dense scenario", "",
+        "States recorded along an episode of the `dense` scenario flown with the filter (steps 5..64; 10,000 agents at "
+        "the same density: steps 5..14); each step's `filter` call timed (best of 3), median over the steps. "
+        "Cooperative + worst-case grids (prioritization, cooperative filter, sampled-data check, vertex search, Prop. "
+        "1 diagnostics). Reference: per agent, the pair values of its neighbours through RegularGridInterpolator, the "
+        "minimum-value partner and an SLSQP QP (box + CBF constraint, no sampled-data check), timed on 100 agents per "
+        "step and scaled to all of them.", "",
+        "| agents | | median (ms) | p90 (ms) | max (ms) | per agent (us) | ratio |", "|---|---|---|---|---|---|---|",
+    ]
+    for row in (step, step10):
+        lines += [
+            f"| {row['n_agents']:,} | `LayeredSafetyFilter.filter` | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | "
+            f"{row['max_ms']:.2f} | {row['per_agent_us']:.2f} | x{row['ref_ms'] / row['median_ms']:.0f} |",
+            f"| {row['n_agents']:,} | reference (RGI + SLSQP per agent) | {row['ref_ms']:.0f} | | | "
+            f"{1e3 * row['ref_ms'] / row['n_agents']:.0f} | |"]
+    lines += [
+        "", f"Per agent, 10,000 against 1,000 agents: x{step10['per_agent_us'] / step['per_agent_us']:.2f} (neighbours "
+        "from a cell list: linear in N). Status mix at the middle step (1,000 agents): "
         + ", ".join(f"{name} {int(st[k])}" for k, name in enumerate(names)) + ".",
         "", "## One agent with 10 neighbours (controller loop, `filter_agent`)", "",
         "5,000 calls per case set (Python call included), timed 3 times; the run with the lowest p99 is shown (the "

@@ -380,16 +380,14 @@ def _dense_scene(rng, n=400, side=40.0):
     return np.column_stack([pos, vel]), rng.uniform(-0.5, 0.5, (n, 2))
 
 
-def test_prioritization_and_diagnostics_match_brute_force(vfs):
-    coop, worst = vfs["quadrotor"]["cooperative"], vfs["quadrotor"]["worst_case"]
-    flt = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst, safety_distance=0.5)
-    rng = np.random.default_rng(3)
-    x, u = _dense_scene(rng)
-    res = flt.filter(x, u)
+def _check_diagnostics_brute_force(flt, res, x, agents):
+    """Agent i's R_c count, partner, pair value and Prop. 1 flag in `res` (a d = 0.5 m filter of states x) against
+    all pairs, for every i in agents."""
+    coop, worst = flt.cooperative_vf, flt.worst_case_vf
     shift = 0.5 + flt.value_margin
     rc = flt.conflict_range
     assert math.isfinite(rc) and rc > 0.5
-    for i in range(x.shape[0]):
+    for i in agents:
         d2 = np.hypot(*(x[:, :2] - x[i, :2]).T)
         nb = np.flatnonzero((d2 <= flt.observation_range) & (np.arange(x.shape[0]) != i))
         assert res.n_in_conflict_range[i] == int(np.sum(d2[nb] < rc))
@@ -411,6 +409,15 @@ def test_prioritization_and_diagnostics_match_brute_force(vfs):
         else:
             expect = False
         assert res.conflict_free[i] == expect
+
+
+def test_prioritization_and_diagnostics_match_brute_force(vfs):
+    coop, worst = vfs["quadrotor"]["cooperative"], vfs["quadrotor"]["worst_case"]
+    flt = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst, safety_distance=0.5)
+    rng = np.random.default_rng(3)
+    x, u = _dense_scene(rng)
+    res = flt.filter(x, u)
+    _check_diagnostics_brute_force(flt, res, x, range(x.shape[0]))
     mutual = [(i, j) for i, j in enumerate(res.partner) if j > i and res.partner[j] == i]
     assert sorted(map(tuple, res.collision_pairs.tolist())) == mutual
     lo, hi = QUAD.agent_control_bounds(x)
@@ -422,6 +429,23 @@ def test_prioritization_and_diagnostics_match_brute_force(vfs):
         single = flt.filter_agent(x[i], u[i], x[[j]], u[[j]], ego_id=i, neighbor_ids=[j])
         other = flt.filter_agent(x[j], u[j], x[[i]], u[[i]], ego_id=j, neighbor_ids=[i])
         assert single.partner[0] == 0 and other.partner[0] == 0
+
+
+def test_ten_thousand_agents_in_one_call(vfs):
+    """10,000 agents at the density of `_dense_scene` (4 m^2 each) in one call: neighbours from the cell list, every
+    agent gets an action in its box, and a sample of agents has the diagnostics of an all-pairs search (the per-agent
+    cost at 1,000 and 10,000 agents is in benchmarks/client.py)."""
+    coop, worst = vfs["quadrotor"]["cooperative"], vfs["quadrotor"]["worst_case"]
+    flt = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst, safety_distance=0.5)
+    rng = np.random.default_rng(11)
+    x, u = _dense_scene(rng, n=10_000, side=200.0)
+    res = flt.filter(x, u)
+    lo, hi = QUAD.agent_control_bounds(x)
+    assert res.actions.shape == (10_000, 2) and np.all((res.actions >= lo - 1e-12) & (res.actions <= hi + 1e-12))
+    assert np.mean(res.partner >= 0) > 0.9       # a crowd: nearly every agent has a neighbour in range
+    _check_diagnostics_brute_force(flt, res, x, rng.choice(10_000, 300, replace=False))
+    mutual = {(i, j) for i, j in enumerate(res.partner) if j > i and res.partner[j] == i}
+    assert set(map(tuple, res.collision_pairs.tolist())) == mutual
 
 
 def test_filter_agent_matches_filter(vfs):
