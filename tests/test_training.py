@@ -98,29 +98,29 @@ def test_nearest_distances_is_exact(layout):
     np.testing.assert_array_equal(got[keep], want[keep])
 
 
-@pytest.mark.parametrize("n, spread", [(0, 1.0), (1, 1.0), (2, 50.0), (40, 3.0), (40, 40.0), (300, 20.0)])
-def test_update_with_nearest_matches_update_and_all_pairs(n, spread):
-    """One cell-list pass gives the same counts as `update` and as all pairs, and every agent's exact nearest
-    distance (also for agents with nobody within the sweep's 2 max(d, R_c): the ring search for those)."""
-    from clients.sim.simulator import nearest_and_count
-
+@pytest.mark.parametrize("n, spread", [(0, 1.0), (1, 1.0), (2, 50.0), (40, 3.0), (40, 40.0), (300, 20.0),
+                                      (6, 1e4), (3, 1.0)])
+def test_update_with_min_separation_matches_update_and_all_pairs(n, spread):
+    """One cell-list pass gives the same counts as `update` and as all pairs, and the exact minimum separation
+    (bitwise the all-pairs minimum), also when no pair is within max(d, R_c) (the ring search then)."""
     pos = np.random.default_rng(n).uniform(0.0, spread, size=(n, 2))
     a, b = SafetyCounters(0.5, 1.0), SafetyCounters(0.5, 1.0)
     near, n_rc = a.update(pos)
-    near2, n_rc2, nearest, conflict, n_near, n_conflict = b.update_with_nearest(pos)
+    near2, n_rc2, conflict, n_near, n_conflict, min_sep = b.update_with_min_separation(pos)
     np.testing.assert_array_equal(near, near2)
     np.testing.assert_array_equal(n_rc, n_rc2)
     np.testing.assert_array_equal(conflict, n_rc > 1)
     assert n_near == near.sum() and n_conflict == (n_rc > 1).sum()
     assert (a.samples, a.near_collisions, a.conflicts) == (b.samples, b.near_collisions, b.conflicts)
-    expect = nearest_and_count(pos, 0.0)[0] if n > 1 else np.full(n, np.inf)
-    np.testing.assert_array_equal(nearest, expect)
-    # the counts against all pairs (the same comparisons of the rounded distance)
+    # the counts and the minimum against all pairs (the same comparisons of the rounded distance)
     dist = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)) + np.diag(np.full(n, np.inf))
+    assert min_sep == (dist.min() if n > 1 else np.inf)
+    if spread == 1e4:
+        assert dist.min() > 1.0      # the case without a swept pair
     np.testing.assert_array_equal(near, (dist < 0.5).any(axis=1))
     np.testing.assert_array_equal(n_rc, (dist < 1.0).sum(axis=1))
     with pytest.raises(ValueError, match="finite"):
-        b.update_with_nearest(np.array([[0.0, 0.0], [np.nan, 1.0]]))
+        b.update_with_min_separation(np.array([[0.0, 0.0], [np.nan, 1.0]]))
 
 
 def test_curriculum_rejects_nan_inf_and_bad_conflict_ranges():
@@ -158,7 +158,7 @@ def test_non_real_positions_are_rejected(bad):
     good = np.array([[0.0, 0.0], [0.0, 1.0]])
     calls = [lambda p: conflict_penalty(p, good, 0.5, 1.0), lambda p: conflict_penalty(good, p, 0.5, 1.0),
              lambda p: neighbors(p, 1.0), lambda p: SafetyCounters(0.5, 1.0).update(p),
-             lambda p: SafetyCounters(0.5, 1.0).update_with_nearest(p)]
+             lambda p: SafetyCounters(0.5, 1.0).update_with_min_separation(p)]
     for call in calls:
         with pytest.raises(StateError, match="must be real numbers"):
             call(bad)

@@ -229,13 +229,14 @@ def test_safety_counters_start_afresh_with_each_episode():
 
 def test_joint_env_names_its_per_agent_arrays_and_clipping_is_no_intervention():
     """SafeJointEnv's per-agent penalty / intervened arrays come with the ids they belong to (agents leave at
-    their goal, so the airspace before and after a step differ), and a safety-blind layer that only clips full
-    thrust to the state-dependent box reports no intervention."""
+    their goal, so the airspace before and after a step differ), a safety-blind layer that only clips full
+    thrust to the state-dependent box reports no intervention, and the minimum separation is the all-pairs one
+    (also when no two agents are within R_c)."""
     env = NavigationEnv("two_lines", seed=0)
     model = env.model
     wrapped = SafeJointEnv(env, NavigationAdapter(model), _layer(model, "none", penalty_weight=1.0))
     wrapped.reset(seed=0)
-    seen_clip = seen_leave = False
+    seen_clip = seen_leave = seen_apart = False
     for _ in range(400):
         idx, states = env.safety_states()
         # full thrust towards the waypoints: beyond the box at the speed limit
@@ -254,9 +255,13 @@ def test_joint_env_names_its_per_agent_arrays_and_clipping_is_no_intervention():
         assert s["penalty"].shape == (len(s["penalty_ids"]),)
         np.testing.assert_array_equal(s["penalty_ids"], env.safety_states()[0])
         seen_leave |= len(s["penalty_ids"]) < len(idx)
+        pos = env.safety_states()[1][:, :2]       # the minimum separation is the all-pairs one
+        gaps = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)) + np.diag(np.full(len(pos), np.inf))
+        assert s["min_separation"] == (gaps.min() if len(pos) > 1 else np.inf)
+        seen_apart |= len(pos) > 1 and gaps.min() > s["conflict_range"]
         if term or trunc:
             break
-    assert seen_clip and seen_leave
+    assert seen_clip and seen_leave and seen_apart
 
 
 class _RecordingFilter:

@@ -133,27 +133,27 @@ class SafetyLayer:
                     diag[k] = v
         return safe, diag
 
-    def after_step(self, states: np.ndarray) -> dict[str, np.ndarray]:
+    def after_step(self, states: np.ndarray) -> dict:
         """Hook 3 (after the env step): penalty per agent (<= 0; 0 unless ``penalty_weight`` > 0 and the filter is
-        on), the counters (near-collision / conflict at the target d and R_c) and every agent's nearest-neighbour
-        distance (one cell-list pass: `clients.training.SafetyCounters.update_with_nearest`)."""
+        on), the counters (near-collision / conflict at the target d and R_c) and the minimum separation over all
+        pairs (one cell-list pass: `clients.training.SafetyCounters.update_with_min_separation`)."""
         self.steps += 1
         states = np.asarray(states, float)
         n = states.shape[0]
         if n == 0:
             z = np.zeros(0)
             return {"penalty": z, "near_collision": z.astype(bool), "conflict": z.astype(bool),
-                    "nearest": z, "n_in_conflict_range": z.astype(int)}
+                    "min_separation": math.inf, "n_in_conflict_range": z.astype(int)}
         if states.ndim != 2 or states.shape[1] != self.model.n_agent_states:
             raise ValueError(f"states must have shape (N, {self.model.n_agent_states}), got {states.shape}")
-        near, n_rc, nearest, conflict, n_near, n_conflict = self.counters.update_with_nearest(states[:, :2])
+        near, n_rc, conflict, n_near, n_conflict, min_sep = self.counters.update_with_min_separation(states[:, :2])
         if self.penalty_weight > 0 and self.filter_on and n > 1 and self.conflict_range > self.safety_distance:
             pos, vel = agent_positions_velocities(self.model, states)
             penalty = conflict_penalty(pos, vel, self.safety_distance, self.conflict_range, self.penalty_weight)
             penalty_sum = float(np.sum(penalty))
         else:
             penalty, penalty_sum = np.zeros(n), 0.0
-        return {"penalty": penalty, "near_collision": near, "conflict": conflict, "nearest": nearest,
+        return {"penalty": penalty, "near_collision": near, "conflict": conflict, "min_separation": min_sep,
                 "n_in_conflict_range": n_rc, "_rates": (n_near / n, n_conflict / n, penalty_sum)}
 
 
@@ -532,7 +532,7 @@ def _report(layer: SafetyLayer, ids, states_after, diag) -> tuple[dict, dict]:
     counters = layer.counters
     summary = {"agents_in_airspace": n, "near_collision_rate": rates[0], "conflict_rate": rates[1],
                "intervention_rate": _rate(diag.get("intervened")), "penalty_sum": rates[2],
-               "min_separation": float(rep["nearest"].min()) if n else float("inf"), "filter_on": layer.filter_on,
+               "min_separation": float(rep["min_separation"]), "filter_on": layer.filter_on,
                "safety_distance": layer.safety_distance, "conflict_range": layer.conflict_range,
                "near_collision_pct": counters.near_collision_pct, "conflict_pct": counters.conflict_pct}
     return rep, summary
