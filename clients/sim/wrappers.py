@@ -217,7 +217,7 @@ class _NavigationCore:
         return np.hypot(*(target - self.sim.states[:, :2]).T)
 
     def airspace(self) -> np.ndarray:
-        return np.flatnonzero(self.sim.active)
+        return self.sim.airspace
 
     def observations(self) -> np.ndarray:
         sim, n = self.sim, self.n
