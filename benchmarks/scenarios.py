@@ -212,8 +212,8 @@ def main(argv=None) -> int:
              "", "## Trainer-facing env step", "",
              "`NavigationEnv` (Gymnasium, joint action) on the same scenario with the same random actions: "
              "observations (3 nearest neighbours), rewards and the simulator step; with the filter = wrapped in "
-             "`SafeJointEnv` (adapter, filter, metrics; no penalty; 'of which filter' = the mean of its `filter` calls, the "
-             "rest of the overhead is the wrapper's own work); " + how, ""] + _table(env_rows)
+             "`SafeJointEnv` (adapter, filter, metrics; no penalty; 'of which filter' = the mean of its `filter` "
+             "calls, the rest of the overhead is the wrapper's own work); " + how, ""] + _table(env_rows)
     lines += ["", "## Target: overhead <= 20 % at 100 agents", ""]
     for label, k in (("simulator step", 0), ("trainer-facing env step", 1)):
         for n in args.agents:

@@ -70,10 +70,10 @@ best_effort keeps the guarantee above.
 Performance: all kernels are numba, no Python per agent: the cell list visits each close pair once; the
 prioritization evaluates the nearest neighbour first and skips the lookup of any neighbour whose lower bound B >=
 min(||p|| - C - shift, ||p|| - d) exceeds the best so far (the nearest neighbours' grid rows are prefetched a few
-targets ahead: in a training loop the env's own work evicts them between steps), and the Prop. 1 count skips the worst-case lookup where
-that bound already gives B_w > 0. C comes from a small table over the cells of the non-position coordinates
-(`norm_deficit_table`: max of ||p_node|| - V0_node over the cell's nodes; multilinear weights reproduce p and the
-norm is convex, so V_interp(s) >= ||p|| - C exactly); a neighbour that bound does not skip is tested again with C of
+targets ahead: in a training loop the env's own work evicts them between steps), and the Prop. 1 count skips the
+worst-case lookup where that bound already gives B_w > 0. C comes from a small table over the cells of the
+non-position coordinates (`norm_deficit_table`: max of ||p_node|| - V0_node over the cell's nodes; multilinear
+weights reproduce p and the norm is convex, so V_interp(s) >= ||p|| - C exactly); a neighbour that bound does not skip is tested again with C of
 a finer table, per block of 8 x 8 position cells (the deficit depends on where p points relative to the velocities;
 157 -> 127 lookups a call for 100 agents of the dense quadrotor scenario): the skipped lookups cannot change any
 result. Skipped lookups still check the non-position bounds, so invalid states raise as before. A pair problem whose
