@@ -73,20 +73,20 @@ min(||p|| - C - shift, ||p|| - d) exceeds the best so far (the nearest neighbour
 targets ahead: in a training loop the env's own work evicts them between steps), and the Prop. 1 count skips the
 worst-case lookup where that bound already gives B_w > 0. C comes from a small table over the cells of the
 non-position coordinates (`norm_deficit_table`: max of ||p_node|| - V0_node over the cell's nodes; multilinear
-weights reproduce p and the norm is convex, so V_interp(s) >= ||p|| - C exactly); a neighbour that bound does not skip is tested again with C of
-a finer table, per block of 8 x 8 position cells (the deficit depends on where p points relative to the velocities;
-157 -> 127 lookups a call for 100 agents of the dense quadrotor scenario): the skipped lookups cannot change any
-result. Skipped lookups still check the non-position bounds, so invalid states raise as before. A pair problem whose
-barrier the prioritization already looked up (inside the grid, in the pair's orientation) is skipped when gamma B
-exceeds the local rate bound that also covers the stored gradient (`local_rate_table(stored_gradient=True)`): every
-control in the box then satisfies the constraint and the check, so the answer is the clipped nominal action, without
-the gradient lookup (the same result; about 80 % of the partners in the dense quadrotor scenario). The pair terms,
-the predictions of the sampled-data check and the vertex search are batched (a few allocations per call, not per
-agent); the interpolation kernels run without reference counting (`_nrt=False`). Every lookup of a pair reads the
-same packed grid rows (a value-only copy for the value lookups was slower: the pair's gradient lookup then missed
-the cache lines its value lookup had loaded). The vertex search tries its candidates in cost order and stops at the
-first that passes (the cheapest). The kernels write into arrays the caller allocates, and `FilterResult` fields are
-views of them.
+weights reproduce p and the norm is convex, so V_interp(s) >= ||p|| - C exactly); a neighbour that bound does not
+skip is tested again with C of a finer table, per block of 8 x 8 position cells (the deficit depends on where p
+points relative to the velocities; 157 -> 127 lookups a call for 100 agents of the dense quadrotor scenario): the
+skipped lookups cannot change any result. Skipped lookups still check the non-position bounds, so invalid states
+raise as before. A pair problem whose barrier the prioritization already looked up (inside the grid, in the pair's
+orientation) is skipped when gamma B exceeds the local rate bound that also covers the stored gradient
+(`local_rate_table(stored_gradient=True)`): every control in the box then satisfies the constraint and the check, so
+the answer is the clipped nominal action, without the gradient lookup (the same result; about 80 % of the partners
+in the dense quadrotor scenario). The pair terms, the predictions of the sampled-data check and the vertex search
+are batched (a few allocations per call, not per agent); the interpolation kernels run without reference counting
+(`_nrt=False`). Every lookup of a pair reads the same packed grid rows (a value-only copy for the value lookups was
+slower: the pair's gradient lookup then missed the cache lines its value lookup had loaded). The vertex search tries
+its candidates in cost order and stops at the first that passes (the cheapest). The kernels write into arrays the
+caller allocates, and `FilterResult` fields are views of them.
 """
 
 from __future__ import annotations
