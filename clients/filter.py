@@ -114,6 +114,17 @@ SEARCHED = 5        # the linear refinements failed the check; a box-vertex cand
 STATUS_NAMES = {NO_PARTNER: "no_partner", NOMINAL_SAFE: "nominal_safe", CORRECTED: "corrected",
                 MOST_SAFE: "most_safe", BEST_EFFORT: "best_effort", SEARCHED: "searched"}
 
+# an applied control component counts as an intervention when it differs from the proposed one clipped to the box
+# by more than this fraction of the box's width (clipping alone is none: every filter applies controls in the box)
+INTERVENTION_TOL = 1e-6
+
+
+@njit(inline="always")
+def intervenes(u, proposed, lo, hi) -> bool:
+    """Control component u (applied) against `proposed` and the box [lo, hi]: an intervention (INTERVENTION_TOL)."""
+    return abs(u - min(max(proposed, lo), hi)) > INTERVENTION_TOL * max(hi - lo, 1e-12)
+
+
 # kernel error codes (err[0]); codes >= interp.NAN_BASE are interpolation statuses
 _ERR_STATE = -2     # states[err[1], err[2]] is NaN or infinite
 _ERR_NOMINAL = -3   # nominal[err[1], err[2]] is NaN or infinite
@@ -611,7 +622,7 @@ def _build_kernels(model):
              stab, vertex_search, mtab, mtst, wtab, wtst, wmax, w_same, ftab, fblock, u_out, fo, io, bo):
         """Fills the caller's arrays (see `FilterResult`; an array a kernel returns to Python costs ~1 us of
         boxing, and rows of these are contiguous fields): u_out (T, m) the actions, fo (2, T) pair value and
-        margin, io (3, T) partner, status and n in R_c, bo (2, T) conflict-free and changed. Returns the error
+        margin, io (3, T) partner, status and n in R_c, bo (3, T) conflict-free, changed and intervened. Returns the error
         triple (code, agent, neighbour / column), code -1 if none."""
         N = states.shape[0]
         T = targets.shape[0]
@@ -626,6 +637,7 @@ def _build_kernels(model):
         n_in_rc = io[2]
         conflict_free = bo[0]
         changed = bo[1]
+        intervened = bo[2]
         pair_value[:] = math.inf
         partner[:] = -1
         err = np.full(3, -1, dtype=np.int64)   # (code, agent, neighbour / column) of the first bad input
@@ -792,11 +804,11 @@ def _build_kernels(model):
         pmargin = q1[0]
         pstatus[:] = 0
         pmargin[:] = 0.0
+        alo, ahi = bnd(XA)
+        blo, bhi = bnd(XB)
         if Q > 0:
             S2 = rel(XA, XB)
             f, Ga, Gb = aff(S2)
-            alo, ahi = bnd(XA)
-            blo, bhi = bnd(XB)
             REF = qm[1]
             LO = qm[2]
             HI = qm[3]
@@ -1034,8 +1046,12 @@ def _build_kernels(model):
                 status[t] = NO_PARTNER
             else:
                 o = m if (cooperative and pb[q] == i) else 0
+                lo_i = blo[q] if o else alo[q]
+                hi_i = bhi[q] if o else ahi[q]
                 for z in range(m):
                     u_out[t, z] = ubest[q, o + z]
+                    if intervenes(u_out[t, z], nominal[i, z], lo_i[z], hi_i[z]):
+                        intervened[t] = True
                 status[t] = pstatus[q]
                 margin[t] = pmargin[q]
             for z in range(m):
@@ -1208,6 +1224,8 @@ class FilterResult:
     pair_value (N,): B = min(V, ||p||) - d (m) against the partner (+inf if none), the mode's game (V shifted by
         d and the value margin).
     changed (N,) bool: the applied action differs from the nominal one (clipping to the box counts).
+    intervened (N,) bool: the applied action differs from the nominal one clipped to the box (by more than
+        INTERVENTION_TOL of the box: clipping alone is no intervention), the filter's intervention flag.
     status (N,) int: see STATUS_NAMES (no_partner, nominal_safe, corrected, most_safe, best_effort, searched).
     margin (N,): the sampled-data margin mu (m/s) the accepted action was computed with.
     collision_pairs (K, 2) int: potential collision pairs (i < j that chose each other).
@@ -1225,7 +1243,7 @@ class FilterResult:
         self.actions = actions  # (N, m)
         self._fo = fo           # (2, N): pair value, margin
         self._io = io           # (3, N): partner, status, n in R_c
-        self._bo = bo           # (2, N): conflict-free, changed
+        self._bo = bo           # (3, N): conflict-free, changed, intervened
         self.collision_pairs = collision_pairs
         self._diagnostics = diagnostics
 
@@ -1257,11 +1275,15 @@ class FilterResult:
     def changed(self) -> np.ndarray:
         return self._bo[1]
 
+    @property
+    def intervened(self) -> np.ndarray:
+        return self._bo[2]
+
     def diagnostics(self) -> dict:
         """Every field but `actions` by name (`conflict_free` only when computed), e.g. for an info dictionary."""
         fo, io, bo = self._fo, self._io, self._bo
-        diag = {"partner": io[0], "pair_value": fo[0], "changed": bo[1], "status": io[1], "margin": fo[1],
-                "n_in_conflict_range": io[2], "collision_pairs": self.collision_pairs}
+        diag = {"partner": io[0], "pair_value": fo[0], "changed": bo[1], "intervened": bo[2], "status": io[1],
+                "margin": fo[1], "n_in_conflict_range": io[2], "collision_pairs": self.collision_pairs}
         if self._diagnostics:
             diag["conflict_free"] = bo[0]
         return diag
@@ -1507,7 +1529,7 @@ class LayeredSafetyFilter:
     def _outputs(self, n):
         """The kernels' output arrays for n agents (`FilterResult`)."""
         return (np.empty((n, self._m)), np.empty((2, n)), np.empty((3, n), dtype=np.int64),
-                np.empty((2, n), dtype=np.bool_))
+                np.empty((3, n), dtype=np.bool_))
 
     def filter_agent(self, ego_state, ego_nominal, neighbor_states, neighbor_nominal=None, ego_id: int = 0,
                      neighbor_ids=None, out: FilterResult | None = None) -> FilterResult:

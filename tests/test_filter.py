@@ -28,6 +28,7 @@ import pytest
 from clients import LayeredSafetyFilter, StateError, ValueFunction, solve_halfspace_box
 from clients.filter import BEST_EFFORT, CORRECTED, MOST_SAFE, NO_PARTNER, NOMINAL_SAFE, SEARCHED, STATUS_NAMES
 from clients.neighbors import close_pairs, neighbor_lists
+from clients.sim.simulator import intervened_flags
 from reach.models import get_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,6 +303,8 @@ def _encounters(model, flt, x, steps, rng, kind, n_sub=10, opponent=None):
         u = _nominal(model, x, rng, kind)
         if flt is not None:
             res = flt.filter(x, u)
+            # the kernel's intervention flags: the rule the simulator applies to any filter
+            assert np.array_equal(res.intervened, intervened_flags(model, x, res.actions, u))
             u = res.actions.copy()
             counts += np.bincount(res.status, minlength=len(STATUS_NAMES))
             be = res.status[0::2] == BEST_EFFORT
@@ -423,6 +426,8 @@ def test_prioritization_and_diagnostics_match_brute_force(vfs):
     lo, hi = QUAD.agent_control_bounds(x)
     assert np.all(res.actions >= lo - 1e-12) and np.all(res.actions <= hi + 1e-12)
     assert np.array_equal(res.changed, np.any(np.abs(res.actions - u) > 1e-12 * (1 + np.abs(u)), axis=1))
+    assert np.array_equal(res.intervened, intervened_flags(QUAD, x, res.actions, u))     # as in `_encounters`
+    assert res.intervened.any() and not res.intervened[res.status <= NOMINAL_SAFE].any()
     assert set(np.unique(res.status)) <= set(STATUS_NAMES)
     # a cooperative pair solves one problem: each agent applies its own part
     for i, j in mutual[:20]:
@@ -455,7 +460,7 @@ def test_filter_agent_matches_filter(vfs):
     x, u = _dense_scene(rng, n=200, side=20.0)
     res = flt.filter(x, u)
     diag = res.diagnostics()        # every field but the actions, by name
-    assert set(diag) == {"partner", "pair_value", "changed", "status", "margin", "n_in_conflict_range",
+    assert set(diag) == {"partner", "pair_value", "changed", "intervened", "status", "margin", "n_in_conflict_range",
                          "collision_pairs", "conflict_free"}
     assert all(np.array_equal(v, getattr(res, k)) for k, v in diag.items())
     assert "conflict_free" not in LayeredSafetyFilter(QUAD, cooperative=coop, safety_distance=0.5).filter(x, u) \
@@ -467,6 +472,7 @@ def test_filter_agent_matches_filter(vfs):
         assert (others[one.partner[0]] if one.partner[0] >= 0 else -1) == res.partner[i]
         assert one.pair_value[0] == res.pair_value[i]
         assert one.status[0] == res.status[i]
+        assert one.intervened[0] == res.intervened[i]
         assert one.n_in_conflict_range[0] == res.n_in_conflict_range[i]
         assert one.conflict_free[0] == res.conflict_free[i]
         assert one.collision_pairs.shape == (0, 2)
@@ -474,7 +480,7 @@ def test_filter_agent_matches_filter(vfs):
     one = flt.filter_agent([0, 0, 1.0, 0], [0.9, -0.2], np.empty((0, 4)))
     assert one.partner[0] == -1 and one.status[0] == NO_PARTNER
     assert np.allclose(one.actions[0], [0.0, -0.2])          # at vx = v_max no further acceleration
-    assert one.changed[0]
+    assert one.changed[0] and not one.intervened[0]         # clipped to the box: changed, but no intervention
 
 
 def test_filter_agent_out_rewrites_one_result_and_settings_take_effect(vfs):

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from numba import njit
 
+from clients.filter import intervenes
 from clients.value_function import real_array
 from reach.models.base import kernel_layout
 
@@ -50,9 +51,10 @@ def kernel_array(x, width: int, what: str, rows: int | None = None) -> np.ndarra
 
 def intervened_flags(model, states: np.ndarray, safe: np.ndarray, controls: np.ndarray) -> np.ndarray:
     """(N,) bool: the applied control differs from the proposed one clipped to the state's control box
-    (`model.agent_control_bounds`) by more than 1e-6 of the box, in one kernel (clipping alone is no intervention:
-    every filter, `none` included, applies controls inside the box); states must be finite (N, k), safe and
-    controls (N, m), any layout (read-only ones too)."""
+    (`model.agent_control_bounds`) by more than `clients.filter.INTERVENTION_TOL` of the box, in one kernel (clipping
+    alone is no intervention: every filter, `none` included, applies controls inside the box); states must be finite
+    (N, k), safe and controls (N, m), any layout (read-only ones too). The layered filter reports the same flags itself
+    (`FilterResult.intervened`)."""
     x = kernel_array(states, model.n_agent_states, "agent_states")
     # the kernel does not check bounds: the shapes are checked here
     safe = kernel_array(safe, model.n_controls, "safe controls", rows=x.shape[0])
@@ -61,6 +63,16 @@ def intervened_flags(model, states: np.ndarray, safe: np.ndarray, controls: np.n
     if not ok:
         raise ValueError("agent_states contains NaN or inf")
     return out
+
+
+def filter_interventions(model, states: np.ndarray, safe: np.ndarray, controls: np.ndarray, info) -> np.ndarray:
+    """The intervention flags of a filter call: the filter's own (an (N,) bool ``intervened`` in its info, as the
+    layered filter reports them, computed by the same rule in its kernel) when it gives them, else
+    `intervened_flags`."""
+    flags = info.get("intervened") if isinstance(info, dict) else None
+    if isinstance(flags, np.ndarray) and flags.dtype == np.bool_ and flags.shape == (np.shape(safe)[0],):
+        return flags
+    return intervened_flags(model, states, safe, controls)
 
 
 _INTERVENED_KERNELS: dict = {}
@@ -85,11 +97,7 @@ def _intervened_kernel(model):
         lo, hi = bounds(states)
         for i in range(n):
             for z in range(m):
-                span = hi[i, z] - lo[i, z]
-                if span < 1e-12:
-                    span = 1e-12
-                proposed = min(max(controls[i, z], lo[i, z]), hi[i, z])
-                if abs(safe[i, z] - proposed) > 1e-6 * span:
+                if intervenes(safe[i, z], controls[i, z], lo[i, z], hi[i, z]):
                     out[i] = True
         return out, True
 
@@ -330,7 +338,7 @@ class Simulator:
             safe, finfo = nominal, {}
         t2 = time.perf_counter()
         x = self.states[idx]
-        intervened = intervened_flags(self.model, x, safe, nominal)
+        intervened = filter_interventions(self.model, x, safe, nominal, finfo)
         d = self.scenario.safety_distance
         h = self.dt / self.substeps
         min_near = np.full(idx.size, np.inf)

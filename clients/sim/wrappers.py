@@ -36,7 +36,7 @@ from clients.value_function import real_array
 
 from .baselines import neighbours_within, world_velocity
 from .scenarios import make_scenario, scenario_model
-from .simulator import Simulator, intervened_flags, kernel_array
+from .simulator import Simulator, filter_interventions, kernel_array
 
 
 # ------------------------------------------------------------------------------------------------ the protocol
@@ -126,7 +126,7 @@ class SafetyLayer:
         x = kernel_array(states, self.model.n_agent_states, "states", rows=n)
         safe, info = self.filter.filter(x, controls)
         safe = np.asarray(safe, float)
-        diag = {"intervened": intervened_flags(self.model, x, safe, controls)}
+        diag = {"intervened": filter_interventions(self.model, x, safe, controls, info)}
         if isinstance(info, dict):
             for k, v in info.items():
                 if isinstance(v, np.ndarray) and v.shape[:1] == (n,):
