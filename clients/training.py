@@ -194,9 +194,7 @@ def _count_kernel(pos, d, rc, want_min):
         best = min(best, d2)
     min_sep = math.sqrt(best)
     if want_min and pa.shape[0] == 0 and n > 1:
-        nearest = np.full(n, math.inf)
-        nearest_distances(pos, nearest)
-        min_sep = nearest.min()
+        min_sep = nearest_distances(pos).min()
     n_near = 0
     n_conflict = 0
     for i in range(n):

@@ -30,6 +30,7 @@ from clients.filter import BEST_EFFORT, CORRECTED, MOST_SAFE, NO_PARTNER, NOMINA
 from clients.neighbors import close_pairs, neighbor_lists
 from clients.sim.simulator import intervened_flags
 from reach.models import get_model
+from tests.helpers import mutual_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 QUAD = get_model("quadrotor")
@@ -421,8 +422,8 @@ def test_prioritization_and_diagnostics_match_brute_force(vfs):
     x, u = _dense_scene(rng)
     res = flt.filter(x, u)
     _check_diagnostics_brute_force(flt, res, x, range(x.shape[0]))
-    mutual = [(i, j) for i, j in enumerate(res.partner) if j > i and res.partner[j] == i]
-    assert sorted(map(tuple, res.collision_pairs.tolist())) == mutual
+    mutual = mutual_pairs(res.partner)
+    assert list(map(tuple, res.collision_pairs.tolist())) == mutual
     lo, hi = QUAD.agent_control_bounds(x)
     assert np.all(res.actions >= lo - 1e-12) and np.all(res.actions <= hi + 1e-12)
     assert np.array_equal(res.changed, np.any(np.abs(res.actions - u) > 1e-12 * (1 + np.abs(u)), axis=1))
@@ -449,8 +450,7 @@ def test_ten_thousand_agents_in_one_call(vfs):
     assert res.actions.shape == (10_000, 2) and np.all((res.actions >= lo - 1e-12) & (res.actions <= hi + 1e-12))
     assert np.mean(res.partner >= 0) > 0.9       # a crowd: nearly every agent has a neighbour in range
     _check_diagnostics_brute_force(flt, res, x, rng.choice(10_000, 300, replace=False))
-    mutual = {(i, j) for i, j in enumerate(res.partner) if j > i and res.partner[j] == i}
-    assert set(map(tuple, res.collision_pairs.tolist())) == mutual
+    assert list(map(tuple, res.collision_pairs.tolist())) == mutual_pairs(res.partner)
 
 
 def test_filter_agent_matches_filter(vfs):

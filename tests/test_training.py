@@ -6,6 +6,7 @@ import pytest
 
 from clients.training import (CurriculumSchedule, SafetyCounters, agent_positions_velocities,
                               conflict_penalty)
+from tests.helpers import all_pairs_distances
 
 
 def _penalty_reference(pos, vel, d, rc, w):
@@ -77,7 +78,7 @@ def test_safety_counters():
 @pytest.mark.parametrize("layout", ["uniform", "clusters", "line", "duplicates", "two_far", "wide"])
 def test_nearest_distances_is_exact(layout):
     """The ring search gives every agent's exact nearest distance (bitwise the all-pairs value) for crowds, clusters
-    far apart, agents on a line, coincident agents and very wide scenes; agents with a finite entry are kept."""
+    far apart, agents on a line, coincident agents and very wide scenes."""
     from clients.neighbors import nearest_distances
     from clients.sim.simulator import nearest_and_count
 
@@ -88,14 +89,8 @@ def test_nearest_distances_is_exact(layout):
            "duplicates": lambda: np.repeat(rng.uniform(0, 5, (30, 2)), 3, axis=0),
            "two_far": lambda: np.array([[0.0, 0.0], [3e4, -2e4]]),
            "wide": lambda: np.concatenate([rng.uniform(0, 1, (100, 2)), rng.uniform(-1e5, 1e5, (20, 2))])}[layout]()
-    got = np.full(len(pos), np.inf)
-    got[::7] = -1.0     # a finite entry means "known": left untouched
-    nearest_distances(pos, got)
-    want = nearest_and_count(pos, 0.0)[0]
-    np.testing.assert_array_equal(got[::7], -1.0)
-    keep = np.ones(len(pos), bool)
-    keep[::7] = False
-    np.testing.assert_array_equal(got[keep], want[keep])
+    np.testing.assert_array_equal(nearest_distances(pos), nearest_and_count(pos, 0.0)[0])
+    assert nearest_distances(pos[:1]).tolist() == [np.inf]
 
 
 @pytest.mark.parametrize("n, spread", [(0, 1.0), (1, 1.0), (2, 50.0), (40, 3.0), (40, 40.0), (300, 20.0),
@@ -113,7 +108,7 @@ def test_update_with_min_separation_matches_update_and_all_pairs(n, spread):
     assert n_near == near.sum() and n_conflict == (n_rc > 1).sum()
     assert (a.samples, a.near_collisions, a.conflicts) == (b.samples, b.near_collisions, b.conflicts)
     # the counts and the minimum against all pairs (the same comparisons of the rounded distance)
-    dist = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)) + np.diag(np.full(n, np.inf))
+    dist = all_pairs_distances(pos)
     assert min_sep == (dist.min() if n > 1 else np.inf)
     if spread == 1e4:
         assert dist.min() > 1.0      # the case without a swept pair

@@ -12,6 +12,7 @@ from clients.sim.baselines import make_filter
 from clients.sim.scenarios import AIR_TAXI_CONFLICT_RANGE, QUAD_CONFLICT_RANGE
 from clients.sim.wrappers import (NavigationAdapter, NavigationEnv, NavigationParallelEnv, SafeJointEnv,
                                   SafeParallelEnv, SafetyLayer, SafeVectorEnv, make_navigation_vector_env)
+from tests.helpers import all_pairs_distances
 
 
 def _layer(model, name="ecbf", **kw):
@@ -256,7 +257,7 @@ def test_joint_env_names_its_per_agent_arrays_and_clipping_is_no_intervention():
         np.testing.assert_array_equal(s["penalty_ids"], env.safety_states()[0])
         seen_leave |= len(s["penalty_ids"]) < len(idx)
         pos = env.safety_states()[1][:, :2]       # the minimum separation is the all-pairs one
-        gaps = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)) + np.diag(np.full(len(pos), np.inf))
+        gaps = all_pairs_distances(pos)
         assert s["min_separation"] == (gaps.min() if len(pos) > 1 else np.inf)
         seen_apart |= len(pos) > 1 and gaps.min() > s["conflict_range"]
         if term or trunc:
