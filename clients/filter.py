@@ -99,7 +99,7 @@ import numpy as np
 from numba import njit, types
 
 from clients import interp
-from clients.neighbors import neighbor_lists
+from clients.neighbors import verlet_neighbor_lists
 from clients.value_function import StateError, ValueFunction, real_array
 from reach.models.base import kernel_layout
 
@@ -416,11 +416,15 @@ _KERNELS: dict = {}
 # Not a jitclass: numba's dispatcher cannot fingerprint one, so it types it on its fallback path at every call (an
 # exception raised and cleared, attribute lookups): ~1 us warm and ~25 us when the caches are cold (a filter called
 # once per simulation step), against ~0.1 / ~0.5 us per array argument.
+# the Verlet list's skin (`clients.neighbors.verlet_neighbor_lists`) as a fraction of the observation range: the
+# filter keeps the neighbours within (1 + this) x the range and rebuilds them once an agent moved half the skin (every
+# ~6 steps in the dense quadrotor scenario)
+_VERLET_SKIN = 0.25
 # float64 `fc`: these scalars, then lo and inv_dx (n each) of the grids g (the mode's), w (worst case), c
 # (cooperative), then the tables ltab, stab, mtab, wtab, ftab at the offsets ic[_I_TABLES:_I_TABLES + 6] (the end
 # last)
-_F_SHIFT, _F_D, _F_SHIFT_W, _F_SHIFT_C, _F_RC, _F_OBS, _F_GAMMA, _F_DT, _F_LAM_MAX, _F_WMAX = range(10)
-_F_GRIDS = 10
+_F_SHIFT, _F_D, _F_SHIFT_W, _F_SHIFT_C, _F_RC, _F_OBS, _F_GAMMA, _F_DT, _F_LAM_MAX, _F_WMAX, _F_SKIN = range(11)
+_F_GRIDS = 11
 # int64 `ic`: n_checks, max_iter, the six table offsets, then npts and strides (n each) of g, w, c, then the
 # table strides mtst and wtst (n each), then ftab's block size, blocks in y and cells per block (`_block_cell`)
 _I_N_CHECKS, _I_MAX_ITER, _I_TABLES = 0, 1, 2
@@ -439,7 +443,8 @@ def _pack_config(g, w, c, *, cooperative, shift, d, has_w, shift_w, has_c, shift
                  fblock):
     """The kernels' configuration (gp, wp, cp, fc, ic, bc) from the grids' `kernel_args` and the settings."""
     tables = [np.asarray(t, dtype=np.float64).reshape(-1) for t in (ltab, stab, mtab, wtab, ftab)]
-    head = np.array([shift, d, shift_w, shift_c, rc, obs_range, gamma, dt, lam_max, wmax], dtype=np.float64)
+    head = np.array([shift, d, shift_w, shift_c, rc, obs_range, gamma, dt, lam_max, wmax, _VERLET_SKIN * obs_range],
+                    dtype=np.float64)
     fc = np.concatenate([head] + [x[k] for x in (g, w, c) for k in (1, 2)] + tables)
     off = _F_GRIDS + 6 * g[1].shape[0] + np.cumsum([0] + [t.shape[0] for t in tables])
     ic = np.concatenate([[n_checks, max_iter], off] + [x[k] for x in (g, w, c) for k in (3, 5)] + [mtst, wtst, fblock])
@@ -1078,24 +1083,27 @@ def _build_kernels(model):
         return True
 
     @njit(nogil=True)
-    def filter_all(states, nominal, resp, resp_uniform, gp, wp, cp, fc, ic, bc, u_out, fo, io, bo, pairs):
+    def filter_all(states, nominal, resp, resp_uniform, gp, wp, cp, fc, ic, bc, u_out, fo, io, bo, pairs, vpos,
+                   vptr, vidx):
         """All agents: fills u_out, fo, io, bo (as in `core`) and pairs (>= N // 2, 2) with the mutual
-        pairs; returns (error code, row, column, number of pairs), code -1 if no error."""
+        pairs; returns (error code, row, column, number of pairs, Verlet list), code -1 if no error. The Verlet list
+        (vpos, vptr, vidx) is `verlet_neighbor_lists`' (positions, indptr, indices), the one returned by the last
+        call (or empty arrays)."""
         N = states.shape[0]
         known = np.ones(N, dtype=np.bool_)
         err = np.full(3, -1, dtype=np.int64)
         if not check_inputs(states, nominal, known, err):
-            return err[0], err[1], err[2], 0
+            return err[0], err[1], err[2], 0, vpos, vptr, vidx
         pos = np.empty((N, 2))
         for i in range(N):
             pos[i, 0] = states[i, 0]
             pos[i, 1] = states[i, 1]
-        indptr, indices = neighbor_lists(pos, fc[_F_OBS])
+        indptr, indices, vpos, vptr, vidx = verlet_neighbor_lists(pos, fc[_F_OBS], fc[_F_SKIN], vpos, vptr, vidx)
         ids = np.arange(N)
         err = core_cfg(states, nominal, known, ids, ids, indptr, indices, resp, resp_uniform, gp, wp, cp, fc, ic, bc,
                        u_out, fo, io, bo)
         if err[0] != -1:
-            return err[0], err[1], err[2], 0
+            return err[0], err[1], err[2], 0, vpos, vptr, vidx
         partner = io[0]
         K = 0
         for i in range(N):
@@ -1104,7 +1112,7 @@ def _build_kernels(model):
                 pairs[K, 0] = i
                 pairs[K, 1] = j
                 K += 1
-        return err[0], err[1], err[2], K
+        return err[0], err[1], err[2], K, vpos, vptr, vidx
 
     @njit(nogil=True)
     def grid_args(packed, fc, ic, bc, k):
@@ -1202,7 +1210,7 @@ def _build_kernels(model):
     P2 = types.Array(types.float32, 2, "C")
     config = (P2, P2, P2, F1, I1, B1)
     outputs = (F2, F2, I2, B2)
-    filter_all.compile((F2, F2, F1, types.boolean) + config + outputs + (I2,))
+    filter_all.compile((F2, F2, F1, types.boolean) + config + outputs + (I2, F2, I1, I1))
     filter_agent.compile((F1, F1, F2, F2, I1, types.int64, F1) + config + outputs)
     filter_all.disable_compile()
     filter_agent.disable_compile()
@@ -1295,6 +1303,7 @@ class FilterResult:
 
 _NO_PAIRS = np.empty((0, 2), dtype=np.int64)
 _NO_PAIRS.flags.writeable = False
+_NO_VERLET = (np.empty((0, 2)), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
 
 
 class LayeredSafetyFilter:
@@ -1316,6 +1325,9 @@ class LayeredSafetyFilter:
     on it (R_c after d, gamma_cbf after dt, the value margin after mode; None restores a default).
     The first filter of a model in a process compiles its kernels (about 20 s on a 2-core host), so that no
     call of `filter` or `filter_agent` compiles anything later (a stall in a controller loop).
+    `filter` keeps its neighbour search between calls (a Verlet list, `clients.neighbors.verlet_neighbor_lists`,
+    rebuilt once an agent has moved a few tenths of the observation range): the results are those of a fresh
+    search, for any sequence of calls.
     """
 
     def __init__(self, model, cooperative: ValueFunction | None = None, worst_case: ValueFunction | None = None,
@@ -1327,6 +1339,7 @@ class LayeredSafetyFilter:
         from reach.models import get_model
         object.__setattr__(self, "_auto", set())     # the settings left to their defaults (they follow the others)
         object.__setattr__(self, "_cfg", None)
+        self._verlet = _NO_VERLET       # `filter`'s neighbour search of the last call (see `filter_all`)
         self.model = get_model(model) if isinstance(model, str) else model
         self.mode = mode
         self.cooperative_vf = cooperative
@@ -1482,6 +1495,7 @@ class LayeredSafetyFilter:
                            fblock=np.array([_NORM_BLOCK, _n_blocks(vf.shape, _NORM_BLOCK)[1], ctab.shape[0]]))
         self._diagnostics = has_w and has_c     # Prop. 1
         self._cfg = cfg
+        self._verlet = _NO_VERLET       # built for the old observation range
         return cfg
 
     @staticmethod
@@ -1518,10 +1532,11 @@ class LayeredSafetyFilter:
         out = self._outputs(n)
         pairs = np.empty((n // 2, 2), dtype=np.int64)
         try:
-            err = self._filter_all(x, u, resp, uniform, *cfg, *out, pairs)
+            err = self._filter_all(x, u, resp, uniform, *cfg, *out, pairs, *self._verlet)
         except TypeError:       # read-only inputs: not the compiled types
             x, u, resp = _compiled_layout(x, u, resp)
-            err = self._filter_all(x, u, resp, uniform, *cfg, *out, pairs)
+            err = self._filter_all(x, u, resp, uniform, *cfg, *out, pairs, *self._verlet)
+        self._verlet = err[4:]      # a new tuple of arrays never written again: calls from threads stay correct
         if err[0] != -1:
             self._raise(err)
         return FilterResult(*out, pairs[:err[3]], self._diagnostics)

@@ -148,6 +148,49 @@ def neighbor_lists(pos, radius):
 
 
 @njit(cache=True, nogil=True)
+def verlet_neighbor_lists(pos, radius, skin, ref_pos, ref_indptr, ref_indices):
+    """`neighbor_lists(pos, radius)` from a Verlet list kept between calls: (ref_indptr, ref_indices) are the
+    neighbours within radius + skin of the positions ref_pos (an earlier call's). While no agent has moved more than
+    skin / 2 from ref_pos, every pair now within radius was within radius + skin there, so the neighbours are the
+    list's entries within radius (the same pairs as `neighbor_lists`: the same test on the same rounded distance);
+    otherwise (or for another number of agents) the list is rebuilt at pos. In a simulation loop agents move a
+    little per step, so the cell list is built every few steps instead of at each.
+
+    Returns (indptr, indices, ref_pos, ref_indptr, ref_indices): the last three are the inputs or the rebuilt list
+    (the inputs are never written: a list can be shared by threads)."""
+    n = pos.shape[0]
+    fresh = ref_pos.shape[0] == n and ref_indptr.shape[0] == n + 1 and skin > 0.0
+    if fresh:
+        h = 0.5 * skin * (1.0 - 1e-9)      # the margin: rounding of the distances the list was built with
+        h2 = h * h
+        for i in range(n):
+            dx = pos[i, 0] - ref_pos[i, 0]
+            dy = pos[i, 1] - ref_pos[i, 1]
+            if not dx * dx + dy * dy <= h2:
+                fresh = False
+                break
+    if not fresh:
+        ref_indptr, ref_indices = neighbor_lists(pos, radius + skin)
+        ref_pos = pos.copy()
+    r2 = radius * radius
+    indptr = np.empty(n + 1, dtype=np.int64)
+    indices = np.empty(ref_indices.shape[0], dtype=np.int64)
+    k = 0
+    indptr[0] = 0
+    for i in range(n):
+        xi = pos[i, 0]
+        yi = pos[i, 1]
+        for e in range(ref_indptr[i], ref_indptr[i + 1]):
+            j = ref_indices[e]
+            dx = pos[j, 0] - xi
+            dy = pos[j, 1] - yi
+            indices[k] = j
+            k += dx * dx + dy * dy <= r2        # no branch: about a third of the entries fail
+        indptr[i + 1] = k
+    return indptr, indices[:k], ref_pos, ref_indptr, ref_indices
+
+
+@njit(cache=True, nogil=True)
 def nearest_distances(pos):
     """Exact nearest-neighbour distance (m) of every agent: pos (N, 2) finite -> (N,) (inf for fewer than two).
 

@@ -27,7 +27,7 @@ import pytest
 
 from clients import LayeredSafetyFilter, StateError, ValueFunction, solve_halfspace_box
 from clients.filter import BEST_EFFORT, CORRECTED, MOST_SAFE, NO_PARTNER, NOMINAL_SAFE, SEARCHED, STATUS_NAMES
-from clients.neighbors import close_pairs, neighbor_lists
+from clients.neighbors import close_pairs, neighbor_lists, verlet_neighbor_lists
 from clients.sim.simulator import intervened_flags
 from reach.models import get_model
 from tests.helpers import mutual_pairs
@@ -659,6 +659,58 @@ def test_neighbor_lists_match_brute_force():
         pa, pb = close_pairs(pos, r)
         assert pa.size == indices.size // 2
         assert np.all(pa != pb)
+
+
+def test_verlet_lists_give_the_fresh_neighbours():
+    """verlet_neighbor_lists over a sequence of moving positions (small steps, a jump, another number of agents) gives
+    exactly neighbor_lists' neighbours, rebuilds only when an agent has moved more than half the skin, and never
+    writes its inputs."""
+    rng = np.random.default_rng(8)
+    pos = rng.uniform(0, 30, (200, 2))
+    ref = (np.empty((0, 2)), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+    rebuilt = []
+    for k in range(40):
+        if k == 20:
+            pos = pos + 5.0                     # every agent jumps
+        elif k == 30:
+            pos = pos[:150].copy()              # agents left
+        else:
+            pos = pos + rng.uniform(-0.08, 0.08, pos.shape)
+        before = [a.copy() for a in ref]
+        indptr, indices, *new = verlet_neighbor_lists(pos, 4.0, 1.0, *ref)
+        assert all(np.array_equal(a, b) for a, b in zip(ref, before))
+        rebuilt.append(new[0] is not ref[0])
+        if not rebuilt[-1]:
+            assert np.max(np.hypot(*(pos - ref[0]).T)) <= 0.5
+        ref = tuple(new)
+        fresh = neighbor_lists(pos, 4.0)
+        for i in range(len(pos)):
+            assert np.array_equal(np.sort(indices[indptr[i]:indptr[i + 1]]), np.sort(fresh[1][fresh[0][i]:fresh[0][i + 1]]))
+    assert rebuilt[0] and rebuilt[20] and rebuilt[30] and sum(rebuilt) < 20
+
+
+def test_filter_keeps_its_neighbour_search_between_calls(vfs):
+    """A filter called along a trajectory (and after its observation range changed) gives bitwise the result of a new
+    filter at every step, while reusing its Verlet list on most steps."""
+    coop, worst = vfs["quadrotor"]["cooperative"], vfs["quadrotor"]["worst_case"]
+    flt = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst, safety_distance=0.5)
+    rng = np.random.default_rng(9)
+    x, u = _dense_scene(rng, n=150, side=25.0)
+    reused = 0
+    for k in range(30):
+        if k == 15:
+            flt.observation_range = 3.0
+        last = flt._verlet[0]
+        res = flt.filter(x, u)
+        reused += flt._verlet[0] is last
+        new = LayeredSafetyFilter(QUAD, cooperative=coop, worst_case=worst, safety_distance=0.5,
+                                  observation_range=flt.observation_range).filter(x, u)
+        for f in ("actions", "partner", "pair_value", "status", "margin", "n_in_conflict_range", "conflict_free",
+                  "intervened", "collision_pairs"):
+            np.testing.assert_array_equal(getattr(res, f), getattr(new, f), err_msg=f"step {k}: {f}")
+        x = QUAD.step_agents(x, res.actions, QUAD.decision_period)
+        u = rng.uniform(-0.5, 0.5, u.shape)
+    assert reused >= 15
 
 
 def test_far_apart_agents_are_binned_without_overflow(vfs):
