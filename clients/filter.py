@@ -99,7 +99,7 @@ import numpy as np
 from numba import njit, types
 
 from clients import interp
-from clients.neighbors import verlet_neighbor_lists
+from clients.neighbors import NO_VERLET, verlet_neighbor_lists
 from clients.value_function import StateError, ValueFunction, real_array
 from reach.models.base import kernel_layout
 
@@ -1303,7 +1303,6 @@ class FilterResult:
 
 _NO_PAIRS = np.empty((0, 2), dtype=np.int64)
 _NO_PAIRS.flags.writeable = False
-_NO_VERLET = (np.empty((0, 2)), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
 
 
 class LayeredSafetyFilter:
@@ -1339,7 +1338,7 @@ class LayeredSafetyFilter:
         from reach.models import get_model
         object.__setattr__(self, "_auto", set())     # the settings left to their defaults (they follow the others)
         object.__setattr__(self, "_cfg", None)
-        self._verlet = _NO_VERLET       # `filter`'s neighbour search of the last call (see `filter_all`)
+        self._verlet = NO_VERLET       # `filter`'s neighbour search of the last call (see `filter_all`)
         self.model = get_model(model) if isinstance(model, str) else model
         self.mode = mode
         self.cooperative_vf = cooperative
@@ -1495,7 +1494,7 @@ class LayeredSafetyFilter:
                            fblock=np.array([_NORM_BLOCK, _n_blocks(vf.shape, _NORM_BLOCK)[1], ctab.shape[0]]))
         self._diagnostics = has_w and has_c     # Prop. 1
         self._cfg = cfg
-        self._verlet = _NO_VERLET       # built for the old observation range
+        self._verlet = NO_VERLET       # built for the old observation range
         return cfg
 
     @staticmethod

@@ -147,6 +147,10 @@ def neighbor_lists(pos, radius):
     return indptr, indices
 
 
+#: an empty Verlet list (`verlet_neighbor_lists`' ref_pos, ref_indptr, ref_indices before the first call)
+NO_VERLET = (np.empty((0, 2)), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+
+
 @njit(cache=True, nogil=True)
 def verlet_neighbor_lists(pos, radius, skin, ref_pos, ref_indptr, ref_indices):
     """`neighbor_lists(pos, radius)` from a Verlet list kept between calls: (ref_indptr, ref_indices) are the

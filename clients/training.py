@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 from numba import njit
 
-from clients.neighbors import close_pairs, nearest_distances, neighbor_lists
+from clients.neighbors import NO_VERLET, nearest_distances, neighbor_lists, verlet_neighbor_lists
 from clients.value_function import real_array
 
 
@@ -160,40 +160,43 @@ def conflict_range_at(rc_fn: Callable[[float], float], d: float) -> float:
 
 # ------------------------------------------------------------------------------------------------ counters
 @njit(cache=True, nogil=True)
-def _count_kernel(pos, d, rc, want_min):
+def _count_kernel(pos, d, rc, want_min, vpos, vptr, vidx):
     """Per agent: another agent closer than d (near), the number of others inside R_c (n_rc) and the conflict flag
     (n_rc > 1); the numbers of near-collision and conflict agents; and the minimum separation (m, inf for fewer
-    than two agents). One sweep over the close pairs (cell list) within r = max(d, R_c): the closest swept pair is
-    the closest of all when there is one; when the sweep finds none and want_min is set, the ring search of
-    `clients.neighbors.nearest_distances` gives it (without want_min it is then inf). The exact minimum from the
-    sweep spares the wider sweep and the ring search that every agent's nearest distance took (100 agents of the
-    dense quadrotor scenario inside the wrapped env's loop: 14.4 -> 7.5-8.3 us a call). ok = False when a position
-    is not finite (nothing else is then computed)."""
+    than two agents). One sweep over the close pairs within r = max(d, R_c): the closest swept pair is the closest
+    of all when there is one; when the sweep finds none and want_min is set, the ring search of
+    `clients.neighbors.nearest_distances` gives it (without want_min it is then inf). The close pairs come from a
+    Verlet list of skin r kept between calls ((vpos, vptr, vidx), `clients.neighbors.verlet_neighbor_lists`: the
+    same pairs as a fresh cell list). ok = False when a position is not finite (nothing else is then computed).
+    Returns (near, n_rc, conflict, n_near, n_conflict, min_sep, ok, vpos, vptr, vidx)."""
     n = pos.shape[0]
     near = np.zeros(n, dtype=np.bool_)
     n_rc = np.zeros(n, dtype=np.int64)
     conflict = np.zeros(n, dtype=np.bool_)
     for i in range(n):
         if not (math.isfinite(pos[i, 0]) and math.isfinite(pos[i, 1])):
-            return near, n_rc, conflict, 0, 0, math.inf, False
-    pa, pb = close_pairs(pos, max(d, rc))
+            return near, n_rc, conflict, 0, 0, math.inf, False, vpos, vptr, vidx
+    r = max(d, rc)
+    indptr, indices, vpos, vptr, vidx = verlet_neighbor_lists(pos, r, r, vpos, vptr, vidx)
     best = math.inf     # squared
-    for e in range(pa.shape[0]):
-        i = pa[e]
-        j = pb[e]
-        dx = pos[j, 0] - pos[i, 0]
-        dy = pos[j, 1] - pos[i, 1]
-        d2 = dx * dx + dy * dy
-        dij = math.sqrt(d2)
-        if dij < d:
-            near[i] = True
-            near[j] = True
-        if dij < rc:
-            n_rc[i] += 1
-            n_rc[j] += 1
-        best = min(best, d2)
+    for i in range(n):
+        for e in range(indptr[i], indptr[i + 1]):
+            j = indices[e]
+            if j < i:       # each pair once
+                continue
+            dx = pos[j, 0] - pos[i, 0]
+            dy = pos[j, 1] - pos[i, 1]
+            d2 = dx * dx + dy * dy
+            dij = math.sqrt(d2)
+            if dij < d:
+                near[i] = True
+                near[j] = True
+            if dij < rc:
+                n_rc[i] += 1
+                n_rc[j] += 1
+            best = min(best, d2)
     min_sep = math.sqrt(best)
-    if want_min and pa.shape[0] == 0 and n > 1:
+    if want_min and indices.shape[0] == 0 and n > 1:
         min_sep = nearest_distances(pos).min()
     n_near = 0
     n_conflict = 0
@@ -201,7 +204,7 @@ def _count_kernel(pos, d, rc, want_min):
         conflict[i] = n_rc[i] > 1
         n_near += near[i]
         n_conflict += conflict[i]
-    return near, n_rc, conflict, n_near, n_conflict, min_sep, True
+    return near, n_rc, conflict, n_near, n_conflict, min_sep, True, vpos, vptr, vidx
 
 
 class SafetyCounters:
@@ -219,6 +222,7 @@ class SafetyCounters:
         self.samples = 0
         self.near_collisions = 0
         self.conflicts = 0
+        self._verlet = NO_VERLET     # the close pairs of the last call (`_count_kernel`)
 
     def update(self, positions) -> tuple[np.ndarray, np.ndarray]:
         """Count one step of all agents' positions (N, 2); returns (near (N,) bool, n_in_rc (N,) int)."""
@@ -237,10 +241,11 @@ class SafetyCounters:
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise ValueError("positions must be finite with shape (N, 2)")
         # a strided view (the position columns of the agents' states) goes in as it is: no copy
-        near, n_rc, conflict, n_near, n_conflict, min_sep, ok = _count_kernel(
-            pos, self.safety_distance, self.conflict_range, want_min)
+        near, n_rc, conflict, n_near, n_conflict, min_sep, ok, *verlet = _count_kernel(
+            pos, self.safety_distance, self.conflict_range, want_min, *self._verlet)
         if not ok:
             raise ValueError("positions must be finite with shape (N, 2)")
+        self._verlet = tuple(verlet)
         self.samples += pos.shape[0]
         self.near_collisions += n_near
         self.conflicts += n_conflict

@@ -118,6 +118,24 @@ def test_update_with_min_separation_matches_update_and_all_pairs(n, spread):
         b.update_with_min_separation(np.array([[0.0, 0.0], [np.nan, 1.0]]))
 
 
+def test_counters_along_a_trajectory_match_fresh_counters():
+    """The counters keep their close pairs between calls (a Verlet list): along moving positions, a jump and agents
+    leaving, every call gives what new counters give, and the list is reused on most calls."""
+    rng = np.random.default_rng(2)
+    pos = rng.uniform(0, 20, (120, 2))
+    kept = SafetyCounters(0.5, 1.5)
+    reused = 0
+    for k in range(30):
+        pos = pos + 4.0 if k == 15 else (pos[:90].copy() if k == 22 else pos + rng.uniform(-0.1, 0.1, pos.shape))
+        last = kept._verlet[0]
+        got = kept.update_with_min_separation(pos)
+        reused += kept._verlet[0] is last
+        want = SafetyCounters(0.5, 1.5).update_with_min_separation(pos)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    assert reused >= 20
+
+
 def test_curriculum_rejects_nan_inf_and_bad_conflict_ranges():
     """NaN slips through ordering / positivity comparisons: every distance must be finite and > 0, the target
     too, and each stage's R_c(d) (checked where it is computed) a finite number > d."""
