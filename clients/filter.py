@@ -2,7 +2,8 @@
 
 For every agent i, over all agents at once:
 
-1. neighbours within the model's observation range (cell list, `clients.neighbors`; never all pairs);
+1. neighbours within the model's observation range (cell list, `clients.neighbors`; never all pairs; `filter`
+   keeps a Verlet list between calls, so the cell list is rebuilt only every few steps of a simulation);
 2. prioritization: the pairwise barrier B(s_ij) = min(V(s_ij), ||p_ij||) - d of every neighbour (V from the
    mode's value function, shifted by d and the value margin; V0 <= ||p|| holds for the true value, so taking the
    minimum only removes interpolation error; a neighbour beyond the grid's position extent has V = +inf, so
