@@ -3,8 +3,9 @@
 `neighbor_lists(positions, radius)` returns a CSR structure: the neighbours of agent i are
 ``indices[indptr[i]:indptr[i + 1]]`` (not sorted; i itself excluded, distance <= radius). `close_pairs` gives each
 close pair once; `verlet_neighbor_lists` gives `neighbor_lists`' neighbours from a list kept between the calls of a
-simulation loop (rebuilt only when an agent has moved more than half its skin). The cell side is at least the radius, so only the 3 x 3 block of cells around an agent can hold
-its neighbours; each pair is tested once (half stencil).
+simulation loop (rebuilt only when an agent has moved more than half its skin). The cell side is at least the
+radius, so only the 3 x 3 block of cells around an agent can hold its neighbours; each pair is tested once (half
+stencil).
 """
 
 from __future__ import annotations
