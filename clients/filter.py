@@ -628,8 +628,8 @@ def _build_kernels(model):
              stab, vertex_search, mtab, mtst, wtab, wtst, wmax, w_same, ftab, fblock, u_out, fo, io, bo):
         """Fills the caller's arrays (see `FilterResult`; an array a kernel returns to Python costs ~1 us of
         boxing, and rows of these are contiguous fields): u_out (T, m) the actions, fo (2, T) pair value and
-        margin, io (3, T) partner, status and n in R_c, bo (3, T) conflict-free, changed and intervened. Returns the error
-        triple (code, agent, neighbour / column), code -1 if none."""
+        margin, io (3, T) partner, status and n in R_c, bo (3, T) conflict-free, changed and intervened. Returns the
+        error triple (code, agent, neighbour / column), code -1 if none."""
         N = states.shape[0]
         T = targets.shape[0]
         u_out[:] = 0.0

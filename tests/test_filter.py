@@ -683,9 +683,9 @@ def test_verlet_lists_give_the_fresh_neighbours():
         if not rebuilt[-1]:
             assert np.max(np.hypot(*(pos - ref[0]).T)) <= 0.5
         ref = tuple(new)
-        fresh = neighbor_lists(pos, 4.0)
+        fptr, fidx = neighbor_lists(pos, 4.0)
         for i in range(len(pos)):
-            assert np.array_equal(np.sort(indices[indptr[i]:indptr[i + 1]]), np.sort(fresh[1][fresh[0][i]:fresh[0][i + 1]]))
+            assert np.array_equal(np.sort(indices[indptr[i]:indptr[i + 1]]), np.sort(fidx[fptr[i]:fptr[i + 1]]))
     assert rebuilt[0] and rebuilt[20] and rebuilt[30] and sum(rebuilt) < 20
 
 
