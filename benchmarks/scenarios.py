@@ -142,7 +142,8 @@ def bench_env(n_agents: int, steps: int, filters: list[str], store) -> list[dict
 
     sc_rc = make_scenario("dense", seed=0, n_agents=n_agents).conflict_range
     rng = np.random.default_rng(0)
-    actions = [rng.uniform(-1, 1, size=(n_agents, 2)).astype(np.float32) for _ in range(steps + 3)]
+    m = get_model("quadrotor").n_controls      # the dense scenario's model
+    actions = [rng.uniform(-1, 1, size=(n_agents, m)).astype(np.float32) for _ in range(steps + 3)]
 
     def runner(fname):
         env = NavigationEnv("dense", seed=0, n_agents=n_agents)

@@ -417,10 +417,6 @@ _KERNELS: dict = {}
 # Not a jitclass: numba's dispatcher cannot fingerprint one, so it types it on its fallback path at every call (an
 # exception raised and cleared, attribute lookups): ~1 us warm and ~25 us when the caches are cold (a filter called
 # once per simulation step), against ~0.1 / ~0.5 us per array argument.
-# the Verlet list's skin (`clients.neighbors.verlet_neighbor_lists`) as a fraction of the observation range: the
-# filter keeps the neighbours within (1 + this) x the range and rebuilds them once an agent moved half the skin (every
-# ~6 steps in the dense quadrotor scenario)
-_VERLET_SKIN = 0.25
 # float64 `fc`: these scalars, then lo and inv_dx (n each) of the grids g (the mode's), w (worst case), c
 # (cooperative), then the tables ltab, stab, mtab, wtab, ftab at the offsets ic[_I_TABLES:_I_TABLES + 6] (the end
 # last)
@@ -434,6 +430,10 @@ _I_GRIDS = 8
 # first (mtab) did not skip
 _NORM_BLOCK = 8
 _AHEAD = 8         # targets whose nearest neighbour's grid rows are prefetched ahead of the one worked on
+# the Verlet list's skin (`clients.neighbors.verlet_neighbor_lists`) as a fraction of the observation range: the
+# filter keeps the neighbours within (1 + this) x the range and rebuilds them once an agent moved half the skin (every
+# ~6 steps in the dense quadrotor scenario)
+_VERLET_SKIN = 0.25
 # bool `bc`: these flags, then periodic (n each) of g, w, c
 _B_COOPERATIVE, _B_HAS_W, _B_HAS_C, _B_VERTEX_SEARCH, _B_W_SAME = range(5)
 _B_GRIDS = 5
@@ -1326,7 +1326,7 @@ class LayeredSafetyFilter:
     The first filter of a model in a process compiles its kernels (about 20 s on a 2-core host), so that no
     call of `filter` or `filter_agent` compiles anything later (a stall in a controller loop).
     `filter` keeps its neighbour search between calls (a Verlet list, `clients.neighbors.verlet_neighbor_lists`,
-    rebuilt once an agent has moved a few tenths of the observation range): the results are those of a fresh
+    rebuilt once an agent has moved an eighth of the observation range): the results are those of a fresh
     search, for any sequence of calls.
     """
 

@@ -126,11 +126,12 @@ class SafetyLayer:
         x = kernel_array(states, self.model.n_agent_states, "states", rows=n)
         safe, info = self.filter.filter(x, controls)
         safe = np.asarray(safe, float)
-        diag = {"intervened": filter_interventions(self.model, x, safe, controls, info)}
+        diag = {}
         if isinstance(info, dict):
             for k, v in info.items():
                 if isinstance(v, np.ndarray) and v.shape[:1] == (n,):
                     diag[k] = v
+        diag["intervened"] = filter_interventions(self.model, x, safe, controls, info)
         return safe, diag
 
     def after_step(self, states: np.ndarray) -> dict:
