@@ -9,8 +9,10 @@ the simulator does in one decision step (nominal controller, filter, sampled-dat
 checks at the sub-steps, waypoint logic). Each filter's run is stepped in lock-step with a safety-blind run of its
 own (one step each per round, alternating order), so that the two see the same machine load; the pairs run one after
 the other. Overhead = (t_filter_run - t_none_run) / t_none_run of the pair's median step times; also the median over
-rounds of the per-round ratio. Writes a Markdown table (default ``benchmarks/results/scenarios.md``) with the
-machine description.
+rounds of the per-round ratio. The env table also has a `layered, bare call` row: the env stepped behind the
+agents' states, the filter call and the action <-> control maps only (no checks, no metrics), the least any wrapper
+around this filter can add. Writes a Markdown table
+(default ``benchmarks/results/scenarios.md``) with the machine description.
 
 Why pairs and not all runs in one rotation: two layered runs of one rotation (`layered` and `layered_coop`) step the
 identical episode one right after the other on shared grids, so the second finds the first's grid rows in the caches
@@ -149,17 +151,42 @@ def bench_env(n_agents: int, steps: int, filters: list[str], store) -> list[dict
         env = NavigationEnv("dense", seed=0, n_agents=n_agents)
         model = env.model
         filt = None
-        if fname != "none":
+        step = env.step
+        if fname == BARE_CALL:
+            filt = _Timed(_make("layered", model, store, model.safety_distance))
+            step = _bare_call_step(env, filt)
+        elif fname != "none":
             filt = _Timed(_make(fname, model, store, model.safety_distance))
             rc = getattr(filt, "conflict_range", None) or sc_rc
             env = SafeJointEnv(env, NavigationAdapter(model), SafetyLayer(model, filter=filt, conflict_range=rc))
+            step = env.step
         env.reset(seed=0)
         for a in actions[:3]:  # warm-up (numba compilation)
-            env.step(a)
+            step(a)
         it = iter(actions[3:])
-        return lambda: env.step(next(it)), lambda: filt.seconds if filt is not None else 0.0
+        return lambda: step(next(it)), lambda: filt.seconds if filt is not None else 0.0
 
-    return _pairs(n_agents, filters, runner, steps)
+    return _pairs(n_agents, filters + ([BARE_CALL] if "layered" in filters else []), runner, steps)
+
+
+# the env step behind the least any wrapper must do: the agents' states, the filter call and the action <-> control
+# maps (one kernel each), no checks, no metrics (the floor of a wrapped step's overhead, whatever the design)
+BARE_CALL = "layered, bare call"
+
+
+def _bare_call_step(env, filt):
+    from clients.sim.wrappers import _actions_to_controls_kernel, _controls_to_actions_kernel
+
+    core = env.core
+
+    def step(action):
+        ids, states = env.safety_states()
+        controls, _ = _actions_to_controls_kernel(action, ids, core.u_center, core.u_half)
+        safe, _ = filt.filter(states, controls)
+        out = action.copy()
+        _controls_to_actions_kernel(safe, ids, core.u_center, core.u_half, out)
+        return env.step(out)
+    return step
 
 
 def _table(rows):
@@ -212,14 +239,16 @@ def main(argv=None) -> int:
              "`NavigationEnv` (Gymnasium, joint action) on the same scenario with the same random actions: "
              "observations (3 nearest neighbours), rewards and the simulator step; with the filter = wrapped in "
              "`SafeJointEnv` (adapter, filter, metrics; no penalty; 'of which filter' = the mean of its `filter` "
-             "calls, the rest of the overhead is the wrapper's own work); " + how, ""] + _table(env_rows)
+             "calls, the rest of the overhead is the wrapper's own work); " + how + f" `{BARE_CALL}` = no wrapper: the "
+             "env step behind the agents' states, the filter call and the action <-> control maps (one kernel each; "
+             "no checks, no metrics), the least any wrapper around this filter adds.", ""] + _table(env_rows)
     lines += ["", "## Target: overhead <= 20 % at 100 agents", ""]
-    for label, k in (("simulator step", 0), ("trainer-facing env step", 1)):
+    for label, k, fname in (("simulator step", 0, "layered"), ("trainer-facing env step", 1, "layered"),
+                            ("env step, no wrapper (the floor)", 1, BARE_CALL)):
         for n in args.agents:
             figs = []
             for run in runs:
-                r = next((x for x in run[k] if x["agents"] == n and x["filter"] == "layered" and "error" not in x),
-                         None)
+                r = next((x for x in run[k] if x["agents"] == n and x["filter"] == fname and "error" not in x), None)
                 if r is not None:
                     figs.append((r["overhead_pct"], r["ratio_pct"]))
             if not figs:
@@ -227,7 +256,7 @@ def main(argv=None) -> int:
             worst = max(max(a, b) for a, b in figs)
             ok = "met" if worst <= 20.0 else "NOT met"
             each = "; ".join(f"{a:+.0f} % (per-round {b:+.0f} %)" for a, b in figs)
-            lines.append(f"- {label}, {n} agents, `layered`: {each}" + (f": {ok}" if n == 100 else "") + ".")
+            lines.append(f"- {label}, {n} agents, `{fname}`: {each}" + (f": {ok}" if n == 100 else "") + ".")
     for r in rows:
         if r.get("filter") == "layered" and "error" not in r:
             lines.append(f"- {r['agents']} agents: the filter costs {1e3 * r['filter_ms'] / r['agents']:.1f} us per "
