@@ -11,8 +11,8 @@ own (one step each per round, alternating order), so that the two see the same m
 the other. Overhead = (t_filter_run - t_none_run) / t_none_run of the pair's median step times; also the median over
 rounds of the per-round ratio. The env table also has a `layered, bare call` row: the env stepped behind the
 agents' states, the filter call and the action <-> control maps only (no checks, no metrics), the least any wrapper
-around this filter can add. Writes a Markdown table
-(default ``benchmarks/results/scenarios.md``) with the machine description.
+around this filter can add. Writes a Markdown table (default ``benchmarks/results/scenarios.md``) with the machine
+description.
 
 Why pairs and not all runs in one rotation: two layered runs of one rotation (`layered` and `layered_coop`) step the
 identical episode one right after the other on shared grids, so the second finds the first's grid rows in the caches
@@ -136,10 +136,30 @@ class _Timed:
         return out
 
 
+# the env step behind the least any wrapper must do: the agents' states, the filter call and the action <-> control
+# maps (one kernel each), no checks, no metrics (the floor of a wrapped step's overhead, whatever the design)
+BARE_CALL = "layered, bare call"
+
+
+def _bare_call_step(env, filt):
+    from clients.sim.wrappers import _actions_to_controls_kernel, _controls_to_actions_kernel
+
+    core = env.core
+
+    def step(action):
+        ids, states = env.safety_states()
+        controls, _ = _actions_to_controls_kernel(action, ids, core.u_center, core.u_half)
+        safe, _ = filt.filter(states, controls)
+        out = action.copy()
+        _controls_to_actions_kernel(safe, ids, core.u_center, core.u_half, out)
+        return env.step(out)
+    return step
+
+
 def bench_env(n_agents: int, steps: int, filters: list[str], store) -> list[dict]:
     """Trainer-facing step: the Gymnasium joint env (observations + rewards + simulator step) with random
-    actions, bare and wrapped in SafeJointEnv (same seed, same action sequence), each filter's run in lock-step
-    with a bare run."""
+    actions, bare and wrapped in SafeJointEnv (same seed, same action sequence; for `layered` also the bare call,
+    `BARE_CALL`), each filter's run in lock-step with a bare run."""
     from clients.sim.wrappers import NavigationAdapter, NavigationEnv, SafeJointEnv, SafetyLayer
 
     sc_rc = make_scenario("dense", seed=0, n_agents=n_agents).conflict_range
@@ -167,26 +187,6 @@ def bench_env(n_agents: int, steps: int, filters: list[str], store) -> list[dict
         return lambda: step(next(it)), lambda: filt.seconds if filt is not None else 0.0
 
     return _pairs(n_agents, filters + ([BARE_CALL] if "layered" in filters else []), runner, steps)
-
-
-# the env step behind the least any wrapper must do: the agents' states, the filter call and the action <-> control
-# maps (one kernel each), no checks, no metrics (the floor of a wrapped step's overhead, whatever the design)
-BARE_CALL = "layered, bare call"
-
-
-def _bare_call_step(env, filt):
-    from clients.sim.wrappers import _actions_to_controls_kernel, _controls_to_actions_kernel
-
-    core = env.core
-
-    def step(action):
-        ids, states = env.safety_states()
-        controls, _ = _actions_to_controls_kernel(action, ids, core.u_center, core.u_half)
-        safe, _ = filt.filter(states, controls)
-        out = action.copy()
-        _controls_to_actions_kernel(safe, ids, core.u_center, core.u_half, out)
-        return env.step(out)
-    return step
 
 
 def _table(rows):
